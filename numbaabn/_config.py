@@ -1,0 +1,44 @@
+"""Numba options, read once from the environment and used by every kernel.
+
+=========================  =========================================================
+variable                   meaning (default)
+=========================  =========================================================
+``NUMBAABN_CACHE``         ``1``: cache compiled kernels on disk (``0`` disables)
+``NUMBAABN_FASTMATH``      ``1``: fast-math flags that keep NaN/Inf semantics
+                           (``nsz arcp contract afn reassoc``; never ``nnan``/``ninf``);
+                           ``0`` disables, or a space-separated list of flags
+``NUMBAABN_PARALLEL_MIN``  element count from which the multi-threaded kernels run
+                           (``131072``); smaller tensors use the serial twins and pay
+                           no thread start-up
+``NUMBA_THREADING_LAYER``  Numba's own variable; numbaabn works with every layer
+=========================  =========================================================
+"""
+import os
+
+_SAFE_FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
+
+
+def _read_fastmath(value):
+    value = value.strip().lower()
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return set(_SAFE_FASTMATH)
+    flags = set(value.replace(",", " ").split())
+    unsafe = flags - _SAFE_FASTMATH
+    if unsafe:
+        raise ValueError(
+            f"NUMBAABN_FASTMATH: flags {sorted(unsafe)} are not allowed (they break "
+            f"NaN/Inf semantics); choose among {sorted(_SAFE_FASTMATH)}")
+    return flags
+
+
+CACHE = os.environ.get("NUMBAABN_CACHE", "1").strip().lower() not in ("0", "false", "no", "off")
+FASTMATH = _read_fastmath(os.environ.get("NUMBAABN_FASTMATH", "1"))
+PARALLEL_MIN = int(os.environ.get("NUMBAABN_PARALLEL_MIN", str(1 << 17)))
+
+
+def jit_options(parallel):
+    """Keyword arguments for ``numba.njit`` of a kernel (serial or parallel twin)."""
+    return dict(cache=CACHE, fastmath=FASTMATH, nogil=True, parallel=parallel,
+                error_model="numpy")

@@ -1,0 +1,435 @@
+"""CPU backend: Numba kernels on NumPy arrays.
+
+Primitives (the seams of mapillary's ``include/inplace_abn.h``; ``cuda.py`` has the
+same names):
+
+``statistics``       per-channel ``(count, mean, M2)`` of the input        (reads x)
+``forward``          ``out = act(((x - h) - l) * g + b)`` per channel      (reads x, writes out)
+``backward_reduce``  per-channel ``S1 = Σ g`` and ``S2 = Σ g x̂``            (reads src, dz)
+``backward_train``   ``dx = P g + Q x̂ + R``                                (reads src, dz, writes dx)
+``backward_eval``    ``dx = P g``                                          (reads src, dz, writes dx)
+
+The synchronization hooks of ``mpi_sync.py`` slot in between ``statistics`` and
+``forward`` and between ``backward_reduce`` and ``backward_train``.
+
+Every primitive takes a list of canonical views, all of one layout: ``(N, C, S)``
+arrays (channels first) or ``(M, C)`` arrays (channels last); usually the list has
+one view. Per-channel coefficients come in one ``(8, C)`` array of the compute dtype
+(float32 for float16/float32 data, float64 for float64), rows:
+
+    0 h, 1 l    the centre, split in two parts (h + l = mean) so that x - mean is
+                accurate in float32 when |mean| >> std
+    2 g         s * inv_std (the forward's scale)
+    3 b         the shift (bias)
+    4 P, 5 Q, 6 R   backward coefficients
+    7 k         x̂ = (y - b) * k with k = 1/s (in place), x̂ = (x - mean) * k with
+                k = inv_std (standard path)
+
+``g = dL/dy`` and ``x̂`` are recomputed per element: from the output ``z`` through
+the activation's inverse (in-place path, ``from_x=False``, ``src`` is ``z``) or from
+a saved copy of the input (standard path, ``from_x=True``, ``src`` is ``x``). Nothing of the input's
+size is allocated: the only temporaries are per-block partial sums, O(C · blocks).
+
+float16 data is processed through its uint16 bit pattern (``kernel_view``), with
+exact round-to-nearest-even conversion, because Numba's CPU target has no float16.
+Statistics and gradient sums accumulate in float64.
+"""
+import os
+import threading
+
+import numba
+import numpy as np
+from numba import njit, prange, types
+from numba.extending import overload
+
+from . import _config, _scalar
+
+_inline = njit(inline="always")
+act_forward = _inline(_scalar.act_forward)
+act_inverse = _inline(_scalar.act_inverse)
+act_grad_from_output = _inline(_scalar.act_grad_from_output)
+act_grad_from_input = _inline(_scalar.act_grad_from_input)
+half_bits_to_float = _inline(_scalar.half_bits_to_float)
+float_bits_to_half = _inline(_scalar.float_bits_to_half)
+
+
+# ---- storage <-> compute conversion -----------------------------------------------
+
+def load(v):
+    """Storage element -> compute value (float16 bits -> float32)."""
+
+
+def store(v, arr):
+    """Compute value -> element of ``arr``'s storage dtype."""
+
+
+@overload(load, inline="always")
+def _load(v):
+    if isinstance(v, types.Integer):
+        return lambda v: np.uint32(half_bits_to_float(v)).view(np.float32)
+    return lambda v: v
+
+
+@overload(store, inline="always")
+def _store(v, arr):
+    if isinstance(arr.dtype, types.Integer):
+        return lambda v, arr: np.uint16(float_bits_to_half(np.float32(v).view(np.uint32)))
+    if arr.dtype == types.float32:
+        return lambda v, arr: np.float32(v)
+    return lambda v, arr: np.float64(v)
+
+
+def kernel_view(a):
+    """The array the kernels see: float16 as its uint16 bit pattern, others as is."""
+    return a.view(np.uint16) if a.dtype == np.float16 else a
+
+
+def compute_dtype(dtype):
+    """float32 arithmetic for float16/float32 storage, float64 for float64."""
+    return np.float64 if np.dtype(dtype) == np.float64 else np.float32
+
+
+# ---- blocking: every kernel walks items of (channel block, row block, inner block) --
+
+@_inline
+def _span(j, nb, n):
+    q = (n + nb - 1) // nb
+    lo = min(j * q, n)
+    return lo, min(lo + q, n)
+
+
+@_inline
+def _item_cf(t, C, N, S, nbn, nbs):
+    """Item t of a channels-first walk: channel c, rows n0:n1, positions s0:s1."""
+    per = nbn * nbs
+    c = t // per
+    r = t - c * per
+    jn = r // nbs
+    n0, n1 = _span(jn, nbn, N)
+    s0, s1 = _span(r - jn * nbs, nbs, S)
+    return c, n0, n1, s0, s1
+
+
+@_inline
+def _item_cl(t, M, C, nbm, nbc):
+    """Item t of a channels-last walk: rows m0:m1, channels c0:c1 (row block jm)."""
+    jm = t // nbc
+    m0, m1 = _span(jm, nbm, M)
+    c0, c1 = _span(t - jm * nbc, nbc, C)
+    return jm, m0, m1, c0, c1
+
+
+@_inline
+def _grad_and_centred(sv, dv, coef, c, act, a, lo, from_x):
+    """g = dL/dy and x̂ for one element, from z (in place) or x (standard)."""
+    if from_x:
+        xc = (sv - coef[0, c]) - coef[1, c]
+        return act_grad_from_input(xc * coef[2, c] + coef[3, c], dv, act, a), xc * coef[7, c]
+    xh = (act_inverse(sv, act, a, lo) - coef[3, c]) * coef[7, c]
+    return act_grad_from_output(sv, dv, act, a), xh
+
+
+@_inline
+def _grad(sv, dv, coef, c, act, a, from_x):
+    if from_x:
+        y = ((sv - coef[0, c]) - coef[1, c]) * coef[2, c] + coef[3, c]
+        return act_grad_from_input(y, dv, act, a)
+    return act_grad_from_output(sv, dv, act, a)
+
+
+# ---- channels first: views (N, C, S) -----------------------------------------------
+
+def _statistics_cf(x, shift, part, nbn, nbs, out):
+    N, C, S = x.shape
+    per = nbn * nbs
+    for t in prange(C * per):
+        c, n0, n1, s0, s1 = _item_cf(t, C, N, S, nbn, nbs)
+        k = shift[c]
+        a1 = 0.0
+        a2 = 0.0
+        for n in range(n0, n1):
+            for i in range(s0, s1):
+                d = np.float64(load(x[n, c, i])) - k
+                a1 += d
+                a2 += d * d
+        part[t, 0] = a1
+        part[t, 1] = a2
+    for c in range(C):
+        for j in range(c * per, (c + 1) * per):
+            out[0, c] += part[j, 0]
+            out[1, c] += part[j, 1]
+
+
+def _forward_cf(x, out, coef, act, a, nbn, nbs):
+    N, C, S = x.shape
+    for t in prange(C * nbn * nbs):
+        c, n0, n1, s0, s1 = _item_cf(t, C, N, S, nbn, nbs)
+        h = coef[0, c]
+        l = coef[1, c]
+        g = coef[2, c]
+        b = coef[3, c]
+        for n in range(n0, n1):
+            for i in range(s0, s1):
+                y = ((load(x[n, c, i]) - h) - l) * g + b
+                out[n, c, i] = store(act_forward(y, act, a), out)
+
+
+def _backward_reduce_cf(src, dz, coef, act, a, lo, from_x, part, nbn, nbs, out):
+    N, C, S = src.shape
+    per = nbn * nbs
+    for t in prange(C * per):
+        c, n0, n1, s0, s1 = _item_cf(t, C, N, S, nbn, nbs)
+        a1 = 0.0
+        a2 = 0.0
+        for n in range(n0, n1):
+            for i in range(s0, s1):
+                gr, yb = _grad_and_centred(load(src[n, c, i]), load(dz[n, c, i]),
+                                           coef, c, act, a, lo, from_x)
+                a1 += np.float64(gr)
+                a2 += np.float64(gr) * np.float64(yb)
+        part[t, 0] = a1
+        part[t, 1] = a2
+    for c in range(C):
+        for j in range(c * per, (c + 1) * per):
+            out[0, c] += part[j, 0]
+            out[1, c] += part[j, 1]
+
+
+def _backward_apply_cf(src, dz, dx, coef, act, a, lo, from_x, train, nbn, nbs):
+    N, C, S = src.shape
+    for t in prange(C * nbn * nbs):
+        c, n0, n1, s0, s1 = _item_cf(t, C, N, S, nbn, nbs)
+        p = coef[4, c]
+        q = coef[5, c]
+        r = coef[6, c]
+        for n in range(n0, n1):
+            for i in range(s0, s1):
+                if train:
+                    gr, yb = _grad_and_centred(load(src[n, c, i]), load(dz[n, c, i]),
+                                               coef, c, act, a, lo, from_x)
+                    v = p * gr + q * yb + r
+                else:
+                    v = p * _grad(load(src[n, c, i]), load(dz[n, c, i]), coef, c, act, a,
+                                  from_x)
+                dx[n, c, i] = store(v, dx)
+
+
+# ---- channels last: views (M, C) ---------------------------------------------------
+
+def _statistics_cl(x, shift, part, nbm, nbc, out):
+    M, C = x.shape
+    for t in prange(nbm * nbc):
+        jm, m0, m1, c0, c1 = _item_cl(t, M, C, nbm, nbc)
+        for c in range(c0, c1):
+            part[jm, 0, c] = 0.0
+            part[jm, 1, c] = 0.0
+        for m in range(m0, m1):
+            for c in range(c0, c1):
+                d = np.float64(load(x[m, c])) - shift[c]
+                part[jm, 0, c] += d
+                part[jm, 1, c] += d * d
+    for jm in range(nbm):
+        for c in range(C):
+            out[0, c] += part[jm, 0, c]
+            out[1, c] += part[jm, 1, c]
+
+
+def _forward_cl(x, out, coef, act, a, nbm, nbc):
+    M, C = x.shape
+    for t in prange(nbm * nbc):
+        jm, m0, m1, c0, c1 = _item_cl(t, M, C, nbm, nbc)
+        for m in range(m0, m1):
+            for c in range(c0, c1):
+                y = ((load(x[m, c]) - coef[0, c]) - coef[1, c]) * coef[2, c] + coef[3, c]
+                out[m, c] = store(act_forward(y, act, a), out)
+
+
+def _backward_reduce_cl(src, dz, coef, act, a, lo, from_x, part, nbm, nbc, out):
+    M, C = src.shape
+    for t in prange(nbm * nbc):
+        jm, m0, m1, c0, c1 = _item_cl(t, M, C, nbm, nbc)
+        for c in range(c0, c1):
+            part[jm, 0, c] = 0.0
+            part[jm, 1, c] = 0.0
+        for m in range(m0, m1):
+            for c in range(c0, c1):
+                gr, yb = _grad_and_centred(load(src[m, c]), load(dz[m, c]),
+                                           coef, c, act, a, lo, from_x)
+                part[jm, 0, c] += np.float64(gr)
+                part[jm, 1, c] += np.float64(gr) * np.float64(yb)
+    for jm in range(nbm):
+        for c in range(C):
+            out[0, c] += part[jm, 0, c]
+            out[1, c] += part[jm, 1, c]
+
+
+def _backward_apply_cl(src, dz, dx, coef, act, a, lo, from_x, train, nbm, nbc):
+    M, C = src.shape
+    for t in prange(nbm * nbc):
+        jm, m0, m1, c0, c1 = _item_cl(t, M, C, nbm, nbc)
+        for m in range(m0, m1):
+            for c in range(c0, c1):
+                if train:
+                    gr, yb = _grad_and_centred(load(src[m, c]), load(dz[m, c]),
+                                               coef, c, act, a, lo, from_x)
+                    v = coef[4, c] * gr + coef[5, c] * yb + coef[6, c]
+                else:
+                    v = coef[4, c] * _grad(load(src[m, c]), load(dz[m, c]), coef, c, act,
+                                           a, from_x)
+                dx[m, c] = store(v, dx)
+
+
+def _twins(fn):
+    """(serial, parallel) compilations of one kernel source."""
+    return (njit(**_config.jit_options(False))(fn), njit(**_config.jit_options(True))(fn))
+
+
+_KERNELS = {fn.__name__[1:]: _twins(fn) for fn in (
+    _statistics_cf, _forward_cf, _backward_reduce_cf, _backward_apply_cf,
+    _statistics_cl, _forward_cl, _backward_reduce_cl, _backward_apply_cl)}
+
+
+# ---- threads: which twin runs, and how concurrent callers stay safe ---------------
+# Numba's workqueue layer must not be entered by two Python threads at once, and the
+# GNU OpenMP layer must not be used by a child forked from a process that used it.
+# So: the parallel twin runs under a lock unless the layer is known to be thread
+# safe, and a forked child of a process that ran a parallel kernel uses the serial
+# twins (same results, one thread).
+
+_lock = threading.Lock()
+_layer = None          # Numba's threading layer, known after the first parallel call
+_serial_only = False   # set in a forked child of a process that used the pool
+
+
+def _after_fork_in_child():
+    global _lock, _serial_only
+    _lock = threading.Lock()
+    if _layer is not None and _layer != "tbb":
+        _serial_only = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _threads(size):
+    """Number of work items to aim for (0: run the serial twin)."""
+    if size < _config.PARALLEL_MIN or _serial_only:
+        return 0
+    n = numba.get_num_threads()
+    return 0 if n <= 1 else 4 * n
+
+
+def _run(name, parallel, *args):
+    serial, par = _KERNELS[name]
+    if not parallel:
+        return serial(*args)
+    global _layer
+    if _layer in ("tbb", "omp"):
+        return par(*args)
+    with _lock:
+        par(*args)
+        if _layer is None:
+            _layer = numba.threading_layer()
+
+
+def _blocks_cf(shape, target):
+    N, C, S = shape
+    if not target:
+        return 1, 1
+    nbn = max(1, min(N, -(-target // C)))
+    nbs = max(1, min(-(-S // 4096), -(-target // (C * nbn))))
+    return nbn, nbs
+
+
+def _blocks_cl(shape, target):
+    M, C = shape
+    if not target:
+        return 1, 1
+    nbm = max(1, min(-(-M // 64), target))
+    nbc = max(1, min(-(-C // 64), -(-target // nbm)))
+    return nbm, nbc
+
+
+def _size(views):
+    return sum(v.size for v in views)
+
+
+def _walk(views, target):
+    for v in views:
+        if v.ndim == 3:
+            yield v, "cf", _blocks_cf(v.shape, target)
+        else:
+            yield v, "cl", _blocks_cl(v.shape, target)
+
+
+def _partials(kind, shape, nb):
+    if kind == "cf":
+        return np.empty((shape[1] * nb[0] * nb[1], 2))
+    return np.empty((nb[0], 2, shape[1]))
+
+
+# ---- primitives --------------------------------------------------------------------
+
+def empty_like(a):
+    return np.empty_like(a)
+
+
+def copy(a):
+    return a.copy()
+
+
+def statistics(views, C):
+    """Per-channel count, mean and M2 (sum of squared deviations), float64 (C,).
+
+    Sums are shifted by the channel's first element, which keeps the variance
+    accurate for data with a large offset (x = 1e4 + N(0, 1))."""
+    count = _size(views) // C if views else 0
+    shift = np.zeros(C)
+    if count == 0:
+        return 0, shift, np.zeros(C)
+    v0 = views[0]
+    first = v0[0, :, 0] if v0.ndim == 3 else v0[0, :]
+    shift[:] = first if v0.dtype != np.uint16 else first.view(np.float16)
+    shift[~np.isfinite(shift)] = 0.0
+    sums = np.zeros((2, C))
+    target = _threads(_size(views))
+    for v, kind, nb in _walk(views, target):
+        _run("statistics_" + kind, bool(target), v, shift, _partials(kind, v.shape, nb),
+             nb[0], nb[1], sums)
+    mean_shifted = sums[0] / count
+    return count, shift + mean_shifted, np.maximum(sums[1] - sums[0] * mean_shifted, 0.0)
+
+
+def forward(views, outs, coef, act, a):
+    """``out = act(((x - h) - l) * g + b)``; ``outs`` may be ``views`` (in place)."""
+    target = _threads(_size(views))
+    for (v, kind, nb), o in zip(_walk(views, target), outs):
+        _run("forward_" + kind, bool(target), v, o, coef, act, a, nb[0], nb[1])
+
+
+def backward_reduce(srcs, dzs, coef, act, a, lo, from_x):
+    """Per-channel ``S1 = Σ g`` and ``S2 = Σ g x̂`` in float64, shape (2, C)."""
+    sums = np.zeros((2, coef.shape[1]))
+    target = _threads(_size(srcs))
+    for (v, kind, nb), d in zip(_walk(srcs, target), dzs):
+        _run("backward_reduce_" + kind, bool(target), v, d, coef, act, a, lo, from_x,
+             _partials(kind, v.shape, nb), nb[0], nb[1], sums)
+    return sums
+
+
+def _backward_apply(srcs, dzs, dxs, coef, act, a, lo, from_x, train):
+    target = _threads(_size(srcs))
+    for (v, kind, nb), d, o in zip(_walk(srcs, target), dzs, dxs):
+        _run("backward_apply_" + kind, bool(target), v, d, o, coef, act, a, lo, from_x,
+             train, nb[0], nb[1])
+
+
+def backward_train(srcs, dzs, dxs, coef, act, a, lo, from_x):
+    """``dx = P g + Q x̂ + R``; ``dxs`` may be ``dzs`` (in place)."""
+    _backward_apply(srcs, dzs, dxs, coef, act, a, lo, from_x, True)
+
+
+def backward_eval(srcs, dzs, dxs, coef, act, a, lo, from_x):
+    """``dx = P g`` (statistics were constants); ``dxs`` may be ``dzs``."""
+    _backward_apply(srcs, dzs, dxs, coef, act, a, lo, from_x, False)
