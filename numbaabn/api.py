@@ -295,13 +295,16 @@ def _forward(x, weight, bias, running_mean, running_var, *, training, momentum, 
         scale = np.abs(w) + eps if weight_mode == "abs" else w.copy()
     b = np.zeros(C) if bias is None else np.asarray(bias, dtype=np.float64)
     inv_std = 1.0 / np.sqrt(var + eps)
-    coef = np.zeros((8, C), dtype=cdtype)
+    coef = np.zeros((9, C), dtype=cdtype)  # rows: see cpu.py
     coef[0] = mean
-    coef[1] = mean - coef[0]
-    coef[2] = scale * inv_std
-    coef[3] = b
-    with np.errstate(divide="ignore"):  # signed zero weights: backward refuses them
-        coef[7] = inv_std if not in_place else 1.0 / scale
+    low = mean - coef[0]
+    g = scale * inv_std
+    coef[1], coef[2], coef[3] = b, g, b - low * g
+    if in_place:
+        with np.errstate(divide="ignore"):  # signed zero weights: backward refuses them
+            coef[7] = 1.0 / scale
+    else:
+        coef[7], coef[8] = inv_std, -low * inv_std
 
     # ---- write
     if in_place:
@@ -332,7 +335,9 @@ def _backward(dz, saved, in_place):
         raise TypeError(f"saved must be the record returned by the forward, got "
                         f"{type(saved).__name__}")
     backend = saved.backend
-    if _backend_for(dz, (), ()) is not backend:
+    if not isinstance(dz, np.ndarray) and not _is_device(dz):
+        raise TypeError(f"dz must be an array like the forward's input, got {type(dz).__name__}")
+    if _is_device(dz) != backend.IS_DEVICE:
         raise TypeError("dz must live where the forward's input lived; host and device "
                         "arrays cannot be mixed")
     if tuple(dz.shape) != saved.shape:

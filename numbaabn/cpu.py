@@ -4,7 +4,7 @@ Primitives (the seams of mapillary's ``include/inplace_abn.h``; ``cuda.py`` has 
 same names):
 
 ``statistics``       per-channel ``(count, mean, M2)`` of the input        (reads x)
-``forward``          ``out = act(((x - h) - l) * g + b)`` per channel      (reads x, writes out)
+``forward``          ``out = act((x - h) * g + e)`` per channel             (reads x, writes out)
 ``backward_reduce``  per-channel ``S1 = Σ g`` and ``S2 = Σ g x̂``            (reads src, dz)
 ``backward_train``   ``dx = P g + Q x̂ + R``                                (reads src, dz, writes dx)
 ``backward_eval``    ``dx = P g``                                          (reads src, dz, writes dx)
@@ -14,16 +14,21 @@ The synchronization hooks of ``mpi_sync.py`` slot in between ``statistics`` and
 
 Every primitive takes a list of canonical views, all of one layout: ``(N, C, S)``
 arrays (channels first) or ``(M, C)`` arrays (channels last); usually the list has
-one view. Per-channel coefficients come in one ``(8, C)`` array of the compute dtype
+one view. Per-channel coefficients come in one ``(9, C)`` array of the compute dtype
 (float32 for float16/float32 data, float64 for float64), rows:
 
-    0 h, 1 l    the centre, split in two parts (h + l = mean) so that x - mean is
-                accurate in float32 when |mean| >> std
+    0 h         the mean rounded to the compute dtype; ``x - h`` is exact for x
+                near the mean, which keeps float32 accurate when |mean| >> std
+    1 b         the bias (shift of y)
     2 g         s * inv_std (the forward's scale)
-    3 b         the shift (bias)
+    3 e         b - l * g, where l = mean - h: the forward is y = (x - h) * g + e
     4 P, 5 Q, 6 R   backward coefficients
-    7 k         x̂ = (y - b) * k with k = 1/s (in place), x̂ = (x - mean) * k with
-                k = inv_std (standard path)
+    7 k         x̂ = (y - b) * k with k = 1/s (in place), or
+    8 f         x̂ = (x - h) * k + f with k = inv_std, f = -l * k (standard path)
+
+The compensation lives in per-channel constants rather than in the order of
+operations, because the ``reassoc`` fast-math flag (needed to vectorize the
+reductions) may reorder ``(x - h) - l`` into ``x - (h + l)``.
 
 ``g = dL/dy`` and ``x̂`` are recomputed per element: from the output ``z`` through
 the activation's inverse (in-place path, ``from_x=False``, ``src`` is ``z``) or from
@@ -123,17 +128,17 @@ def _item_cl(t, M, C, nbm, nbc):
 def _grad_and_centred(sv, dv, coef, c, act, a, lo, from_x):
     """g = dL/dy and x̂ for one element, from z (in place) or x (standard)."""
     if from_x:
-        xc = (sv - coef[0, c]) - coef[1, c]
-        return act_grad_from_input(xc * coef[2, c] + coef[3, c], dv, act, a), xc * coef[7, c]
-    xh = (act_inverse(sv, act, a, lo) - coef[3, c]) * coef[7, c]
+        xc = sv - coef[0, c]
+        return (act_grad_from_input(xc * coef[2, c] + coef[3, c], dv, act, a),
+                xc * coef[7, c] + coef[8, c])
+    xh = (act_inverse(sv, act, a, lo) - coef[1, c]) * coef[7, c]
     return act_grad_from_output(sv, dv, act, a), xh
 
 
 @_inline
 def _grad(sv, dv, coef, c, act, a, from_x):
     if from_x:
-        y = ((sv - coef[0, c]) - coef[1, c]) * coef[2, c] + coef[3, c]
-        return act_grad_from_input(y, dv, act, a)
+        return act_grad_from_input((sv - coef[0, c]) * coef[2, c] + coef[3, c], dv, act, a)
     return act_grad_from_output(sv, dv, act, a)
 
 
@@ -165,12 +170,11 @@ def _forward_cf(x, out, coef, act, a, nbn, nbs):
     for t in prange(C * nbn * nbs):
         c, n0, n1, s0, s1 = _item_cf(t, C, N, S, nbn, nbs)
         h = coef[0, c]
-        l = coef[1, c]
         g = coef[2, c]
-        b = coef[3, c]
+        e = coef[3, c]
         for n in range(n0, n1):
             for i in range(s0, s1):
-                y = ((load(x[n, c, i]) - h) - l) * g + b
+                y = (load(x[n, c, i]) - h) * g + e
                 out[n, c, i] = store(act_forward(y, act, a), out)
 
 
@@ -240,7 +244,7 @@ def _forward_cl(x, out, coef, act, a, nbm, nbc):
         jm, m0, m1, c0, c1 = _item_cl(t, M, C, nbm, nbc)
         for m in range(m0, m1):
             for c in range(c0, c1):
-                y = ((load(x[m, c]) - coef[0, c]) - coef[1, c]) * coef[2, c] + coef[3, c]
+                y = (load(x[m, c]) - coef[0, c]) * coef[2, c] + coef[3, c]
                 out[m, c] = store(act_forward(y, act, a), out)
 
 
@@ -371,6 +375,9 @@ def _partials(kind, shape, nb):
 
 # ---- primitives --------------------------------------------------------------------
 
+IS_DEVICE = False
+
+
 def empty_like(a):
     return np.empty_like(a)
 
@@ -397,12 +404,13 @@ def statistics(views, C):
     for v, kind, nb in _walk(views, target):
         _run("statistics_" + kind, bool(target), v, shift, _partials(kind, v.shape, nb),
              nb[0], nb[1], sums)
-    mean_shifted = sums[0] / count
-    return count, shift + mean_shifted, np.maximum(sums[1] - sums[0] * mean_shifted, 0.0)
+    with np.errstate(invalid="ignore"):  # NaN/Inf input: the caller names the channels
+        mean_shifted = sums[0] / count
+        return count, shift + mean_shifted, np.maximum(sums[1] - sums[0] * mean_shifted, 0.0)
 
 
 def forward(views, outs, coef, act, a):
-    """``out = act(((x - h) - l) * g + b)``; ``outs`` may be ``views`` (in place)."""
+    """``out = act((x - h) * g + e)``; ``outs`` may be ``views`` (in place)."""
     target = _threads(_size(views))
     for (v, kind, nb), o in zip(_walk(views, target), outs):
         _run("forward_" + kind, bool(target), v, o, coef, act, a, nb[0], nb[1])

@@ -98,4 +98,6 @@ def backward(dz, ctx):
         dw = S2 * np.where(ctx["w"] >= 0, 1.0, -1.0)
     else:
         dw = S2
+    ctx["dx_scale"] = float(np.max(np.abs((s * inv_std)[None, :, None] * g), initial=0.0))
+    ctx["abs_sums"] = (np.abs(g).sum(axis=(0, 2)), np.abs(g * xhat).sum(axis=(0, 2)))
     return _from_ncs(dx, ctx["shape"], ctx["channels_last"]), dw, S1

@@ -1,0 +1,141 @@
+"""Kernels against the float64 reference: dtypes x activations x layouts x ranks x
+modes x weight modes, through the module API (which covers the mode flags)."""
+import numpy as np
+import pytest
+
+import numbaabn
+import reference as ref
+from conftest import assert_close, assert_f16_forward, assert_sums_close, channels_of
+
+SHAPES = {2: (9, 4), 3: (3, 4, 7), 4: (2, 3, 5, 4), 5: (2, 1, 3, 4, 3)}
+MODES = ["train", "eval", "use_global_stats", "trainable_statistics"]
+
+
+def make_layer(cls, C, dtype, act, cl, mode, weight_mode):
+    kw = dict(activation=act, data_format="NHWC" if cl else "NCHW",
+              dtype="float64" if dtype == np.float64 else "float32", weight_mode=weight_mode,
+              use_global_stats=mode == "use_global_stats",
+              trainable_statistics=mode == "trainable_statistics")
+    layer = cls(C, **kw)
+    if mode in ("eval", "trainable_statistics"):
+        layer.eval()
+    return layer
+
+
+def init_params(layer, rng, weight_mode, dtype=np.float64):
+    C = layer.num_features
+    w = rng.standard_normal(C) * 1.5
+    w = np.where(np.abs(w) < 0.2, -0.7, w)  # signed in place needs |w| >= threshold
+    b = rng.standard_normal(C)
+    if weight_mode == "abs" and dtype != np.float16:
+        # sign(0) = +1 and scale = eps; b = 0 keeps x̂ = (y - b)/eps exact (see
+        # test_numerics.py for the accuracy limit with b != 0). Not float16: y = eps·x̂
+        # is subnormal there, so the output itself has lost x̂.
+        w[0] = b[0] = 0.0
+    layer.weight[:] = w
+    layer.bias[:] = b
+    layer.running_mean[:] = rng.standard_normal(C)
+    layer.running_var[:] = rng.random(C) + 0.5
+
+
+@pytest.mark.parametrize("weight_mode", ["abs", "signed"])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("rank", [2, 3, 4, 5])
+@pytest.mark.parametrize("cl", [False, True], ids=["NCHW", "NHWC"])
+@pytest.mark.parametrize("act", ["identity", "leaky_relu", "elu"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+def test_inplace_matches_reference(dtype, act, cl, rank, mode, weight_mode, rng):
+    shape = SHAPES[rank]
+    if cl and rank > 2:
+        shape = (shape[0],) + shape[2:] + (shape[1],)
+    C = channels_of(shape, cl)
+    layer = make_layer(numbaabn.InPlaceABN, C, dtype, act, cl, mode, weight_mode)
+    init_params(layer, rng, weight_mode, dtype)
+    x0 = (rng.standard_normal(shape) * 2 + 0.5).astype(dtype)
+    dz0 = rng.standard_normal(shape).astype(dtype)
+    w, b = layer.weight.copy(), layer.bias.copy()
+    rm, rv = layer.running_mean.copy(), layer.running_var.copy()
+
+    x = x0.copy()
+    y = layer(x)
+    assert y is x
+    training = mode in ("train", "use_global_stats", "trainable_statistics")
+    z_ref, rm_ref, rv_ref, ctx = ref.forward(
+        x0, w, b, rm, rv, training=training, activation=act, channels_last=cl,
+        use_global_stats=mode == "use_global_stats", weight_mode=weight_mode)
+    if dtype == np.float16:
+        assert_f16_forward(y, z_ref)
+    else:
+        assert_close(y, z_ref, dtype, "forward")
+    tol_stats = 1e-12 if dtype == np.float64 else 1e-6
+    np.testing.assert_allclose(layer.running_mean, rm_ref, rtol=tol_stats, atol=tol_stats)
+    np.testing.assert_allclose(layer.running_var, rv_ref, rtol=tol_stats, atol=tol_stats)
+
+    dz = dz0.copy()
+    dx = layer.backward(dz)
+    assert dx is dz
+    dx_ref, dw_ref, db_ref = ref.backward(dz0, ctx)
+    assert_close(dx, dx_ref, dtype, "dx", ctx["dx_scale"])
+    assert_sums_close(layer.weight_grad, dw_ref, ctx["abs_sums"][1], dtype, "dweight")
+    assert_sums_close(layer.bias_grad, db_ref, ctx["abs_sums"][0], dtype, "dbias")
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("cl", [False, True], ids=["NCHW", "NHWC"])
+@pytest.mark.parametrize("act", ["identity", "leaky_relu", "elu", "relu"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+def test_standard_path_matches_reference(dtype, act, cl, mode, rng):
+    """ABN keeps its input: x untouched, a new output and a new gradient; zero and
+    negative "signed" weights are fine there."""
+    shape = (3, 6, 4, 5) if not cl else (3, 4, 5, 6)
+    C = 6
+    layer = make_layer(numbaabn.ABN, C, dtype, act, cl, mode, "signed")
+    init_params(layer, rng, "abs")  # includes an exact zero weight
+    layer.weight[1] = -2.0
+    x0 = (rng.standard_normal(shape) * 3 - 1).astype(dtype)
+    dz0 = rng.standard_normal(shape).astype(dtype)
+    p = [a.copy() for a in (layer.weight, layer.bias, layer.running_mean, layer.running_var)]
+    x, dz = x0.copy(), dz0.copy()
+    y = layer(x)
+    assert y is not x and np.array_equal(x, x0)
+    training = mode != "eval"
+    z_ref, _, _, ctx = ref.forward(x0, *p, training=training, activation=act,
+                                   channels_last=cl, use_global_stats=mode == "use_global_stats",
+                                   weight_mode="signed")
+    if dtype == np.float16:
+        assert_f16_forward(y, z_ref)
+    else:
+        assert_close(y, z_ref, dtype, "forward")
+    dx = layer.backward(dz)
+    assert dx is not dz and np.array_equal(dz, dz0)
+    dx_ref, dw_ref, db_ref = ref.backward(dz0, ctx)
+    tol_dtype = np.float32 if dtype == np.float16 else dtype  # x is kept: no z rounding
+    assert_close(dx, dx_ref, tol_dtype if dtype != np.float16 else np.float16, "dx")
+    assert_sums_close(layer.weight_grad, dw_ref, ctx["abs_sums"][1], tol_dtype, "dweight")
+    assert_sums_close(layer.bias_grad, db_ref, ctx["abs_sums"][0], tol_dtype, "dbias")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_functional_without_params_or_running_stats(dtype, rng):
+    """weight/bias None: s = 1, b = 0; no running stats: batch statistics in every
+    mode (also training=False) and nothing is updated."""
+    x0 = rng.standard_normal((5, 3, 4)).astype(dtype)
+    for training in (True, False):
+        x = x0.copy()
+        y, saved = numbaabn.inplace_abn_forward(x, training=training, activation="elu",
+                                                activation_param=0.5)
+        z_ref, _, _, ctx = ref.forward(x0, activation="elu", activation_param=0.5)
+        assert_close(y, z_ref, dtype)
+        dz0 = rng.standard_normal(x0.shape).astype(dtype)
+        dx, dw, db = numbaabn.inplace_abn_backward(dz0.copy(), saved)
+        assert dw is None and db is None
+        assert_close(dx, ref.backward(dz0, ctx)[0], dtype)
+
+
+def test_inplace_abn_forward_only(rng):
+    x0 = rng.standard_normal((4, 3, 2, 2))
+    w, b = rng.standard_normal(3), rng.standard_normal(3)
+    rm, rv = rng.standard_normal(3), rng.random(3) + 1
+    x = x0.copy()
+    assert numbaabn.inplace_abn(x, w, b, rm, rv, training=False) is x
+    assert_close(x, ref.forward(x0, w, b, rm, rv, training=False)[0], np.float64)
