@@ -41,6 +41,7 @@ Statistics and gradient sums accumulate in float64.
 """
 import os
 import threading
+import types as pytypes
 
 import numba
 import numpy as np
@@ -284,8 +285,18 @@ def _backward_apply_cl(src, dz, dx, coef, act, a, lo, from_x, train, nbm, nbc):
 
 
 def _twins(fn):
-    """(serial, parallel) compilations of one kernel source."""
-    return (njit(**_config.jit_options(False))(fn), njit(**_config.jit_options(True))(fn))
+    """(serial, parallel) compilations of one kernel source.
+
+    Each twin gets its own function object and qualname: Numba's disk cache keys
+    entries by qualname and signature, not by the ``parallel`` flag, so twins that
+    shared one function would load each other's machine code."""
+    def renamed(suffix):
+        f = pytypes.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + suffix,
+                                 fn.__defaults__, fn.__closure__)
+        f.__qualname__ = fn.__qualname__ + suffix
+        return f
+    return (njit(**_config.jit_options(False))(renamed("_serial")),
+            njit(**_config.jit_options(True))(renamed("_parallel")))
 
 
 _KERNELS = {fn.__name__[1:]: _twins(fn) for fn in (

@@ -1,0 +1,41 @@
+"""Numba options are read in one place and overridable from the environment."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+SCRIPT = """
+import numpy as np, numbaabn
+from numbaabn import _config
+x = np.random.default_rng(0).standard_normal((4, 3, 5))
+x0 = x.copy()
+numbaabn.inplace_abn(x)
+ref = (x0 - x0.mean((0, 2), keepdims=True)) / np.sqrt(x0.var((0, 2), keepdims=True) + 1e-5)
+ref = np.where(ref >= 0, ref, 0.01 * ref)
+assert np.allclose(x, ref, rtol=1e-12, atol=1e-12)
+print(_config.CACHE, sorted(_config.FASTMATH) if _config.FASTMATH else False, _config.PARALLEL_MIN)
+"""
+
+
+def run(**env):
+    e = dict(os.environ, **env)
+    return subprocess.run([sys.executable, "-c", SCRIPT], env=e, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_defaults():
+    p = run()
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split("\n")[0] == "True ['afn', 'arcp', 'contract', 'nsz', 'reassoc'] 131072"
+
+
+def test_overrides_still_compute_correctly():
+    p = run(NUMBAABN_CACHE="0", NUMBAABN_FASTMATH="0", NUMBAABN_PARALLEL_MIN="1")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "False False 1"
+
+
+def test_unsafe_fastmath_flags_are_refused():
+    p = run(NUMBAABN_FASTMATH="nnan reassoc")
+    assert p.returncode != 0 and "nnan" in p.stderr
