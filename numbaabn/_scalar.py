@@ -1,70 +1,112 @@
 """Scalar math written once and compiled for each target.
 
 ``cpu.py`` compiles these with ``numba.njit(inline="always")``, ``cuda.py`` with
-``numba.cuda.jit(device=True)``. Activation codes are small integers so that a
-kernel takes the activation as an argument:
+``numba.cuda.jit(device=True)``. Activations come in three families, each a set
+of four functions with the same signatures:
 
-====  ==============  ===========================  ===========================
-code  activation      z = act(y)                   y = act⁻¹(z)
-====  ==============  ===========================  ===========================
-0     identity        y                            z
-1     leaky_relu      y if y >= 0 else a*y         z if z >= 0 else z/a
-2     elu             y if y >= 0 else a*expm1(y)  z if z >= 0 else log1p(z/a)
-3     relu            max(y, 0)                    (not invertible)
-====  ==============  ===========================  ===========================
+===========  ===========================  ============================  ========================
+family       z = act(y)                   y = act⁻¹(z)                  dL/dy from z, dL/dz
+===========  ===========================  ============================  ========================
+leaky        y if y >= 0 else a*y         z if z >= 0 else z/a          dz if z >= 0 else a*dz
+elu          y if y >= 0 else a*expm1(y)  z if z >= 0 else log1p(z/a)   dz if z >= 0 else dz*(z+a)
+relu         y if y >= 0 else 0           (not invertible)              (standard path only)
+===========  ===========================  ============================  ========================
 
-``lo`` is the largest value below zero that ``z/a`` may take in the ELU inverse
-(the value just above -1 in the compute dtype), so that ``log1p`` stays finite.
+``"identity"`` is the leaky family with ``a = 1`` (exactly: every branch returns
+its input). ``ia`` is ``1/a``; ``lo`` is the value just above -1 in the compute
+dtype, to which ELU's inverse clamps ``z/a`` so that ``log1p`` stays finite. Each
+branch is a cheap expression, so compilers turn the branches into selects and
+vectorize. The ``act_*`` dispatchers choose the family from an integer code (for
+targets where a uniform branch is free, such as CUDA).
 """
 import math
 
 IDENTITY, LEAKY_RELU, ELU, RELU = 0, 1, 2, 3
-
+FAMILY = {IDENTITY: "leaky", LEAKY_RELU: "leaky", ELU: "elu", RELU: "relu"}
 
 # Zeros are written ``a - a`` (a is a finite scalar of the compute dtype): an integer
 # literal would promote float32 arithmetic to float64 in Numba.
 
-def act_forward(y, act, a):
-    if act == IDENTITY or y >= 0 or y != y:  # y != y: NaN passes through
-        return y
-    if act == LEAKY_RELU:
-        return y * a
-    if act == ELU:
-        return a * math.expm1(y)
-    return a - a  # RELU
+
+def leaky_forward(y, a):
+    return y if y >= 0 else y * a
 
 
-def act_inverse(z, act, a, lo):
-    if act == IDENTITY or z >= 0:
+def leaky_inverse(z, ia, lo):
+    return z if z >= 0 else z * ia
+
+
+def leaky_grad_from_output(z, dz, a):
+    return dz if z >= 0 else dz * a
+
+
+def leaky_grad_from_input(y, dz, a):
+    return dz if y >= 0 else dz * a
+
+
+def elu_forward(y, a):
+    return y if y >= 0 else a * math.expm1(y)
+
+
+def elu_inverse(z, ia, lo):
+    if z >= 0:
         return z
-    if act == LEAKY_RELU:
-        return z / a
-    t = z / a  # ELU
-    if t < lo:
-        t = lo
-    return math.log1p(t)
+    t = z * ia
+    return math.log1p(t if not t < lo else lo)  # NaN passes through
+
+
+def elu_grad_from_output(z, dz, a):
+    return dz if z >= 0 else dz * (z + a)
+
+
+def elu_grad_from_input(y, dz, a):
+    return dz if y >= 0 else dz * (a * math.exp(y))
+
+
+def relu_forward(y, a):
+    return y if y >= 0 or y != y else a - a  # a = 0 for relu; NaN passes through
+
+
+def relu_inverse(z, ia, lo):
+    return z  # never called: relu does not run in place
+
+
+def relu_grad_from_output(z, dz, a):
+    return dz if z > 0 else a - a
+
+
+def relu_grad_from_input(y, dz, a):
+    return dz if y > 0 else a - a
+
+
+def act_forward(y, act, a):
+    if act == ELU:
+        return elu_forward(y, a)
+    if act == RELU:
+        return relu_forward(y, a)
+    return leaky_forward(y, a)
+
+
+def act_inverse(z, act, ia, lo):
+    if act == ELU:
+        return elu_inverse(z, ia, lo)
+    return leaky_inverse(z, ia, lo)
 
 
 def act_grad_from_output(z, dz, act, a):
-    """dL/dy from the output z and dL/dz (in-place path)."""
-    if act == IDENTITY or z > 0:
-        return dz
-    if act == LEAKY_RELU:
-        return dz * a if z < 0 else dz
     if act == ELU:
-        return dz * (z + a) if z < 0 else dz
-    return a - a  # RELU: z == 0 means y <= 0
+        return elu_grad_from_output(z, dz, a)
+    if act == RELU:
+        return relu_grad_from_output(z, dz, a)
+    return leaky_grad_from_output(z, dz, a)
 
 
 def act_grad_from_input(y, dz, act, a):
-    """dL/dy from the pre-activation y and dL/dz (standard path)."""
-    if act == IDENTITY or y > 0:
-        return dz
-    if act == LEAKY_RELU:
-        return dz * a if y < 0 else dz
     if act == ELU:
-        return dz * (a * math.exp(y)) if y < 0 else dz
-    return a - a  # RELU
+        return elu_grad_from_input(y, dz, a)
+    if act == RELU:
+        return relu_grad_from_input(y, dz, a)
+    return leaky_grad_from_input(y, dz, a)
 
 
 # ---- float16 storage on the CPU (Numba's CPU target has no float16 type) ----------

@@ -20,10 +20,10 @@ __all__ = [
 
 # name -> (code, default activation_param, invertible)
 _ACTIVATIONS = {
-    "identity": (_scalar.IDENTITY, 1.0, True),
+    "identity": (_scalar.IDENTITY, 1.0, True),    # the leaky family with a = 1
     "leaky_relu": (_scalar.LEAKY_RELU, 0.01, True),
     "elu": (_scalar.ELU, 1.0, True),
-    "relu": (_scalar.RELU, 1.0, False),
+    "relu": (_scalar.RELU, 0.0, False),           # a = 0: the zero of relu's branch
 }
 _INPLACE_NAMES = "'identity' (or None), 'leaky_relu', 'elu'"
 _FIRST = {"NCHW", "NC", "NCL", "NCDHW"}
@@ -227,7 +227,11 @@ class _Saved:
     forward wrote (in place: the output z; standard path: a copy of the input x)."""
     __slots__ = ("backend", "src", "shape", "dtype", "c_axis", "from_x",
                  "batch_stats", "count", "coef", "weight", "has_bias",
-                 "weight_mode", "act", "alpha", "lo", "comm")
+                 "weight_mode", "act", "alpha", "ialpha", "lo", "comm")
+
+
+def _inverse(alpha, cdtype):
+    return cdtype(1.0 / alpha) if alpha else cdtype(1.0)
 
 
 def _lo(cdtype):
@@ -311,7 +315,8 @@ def _forward(x, weight, bias, running_mean, running_var, *, training, momentum, 
         out = src = x
     else:
         src = backend.copy(x)
-    backend.forward(views, out_views, coef, act, cdtype(alpha))
+    backend.forward(views, out_views, coef, act, cdtype(alpha), _inverse(alpha, cdtype),
+                    _lo(cdtype))
     if update:
         running_mean[...] = momentum * running_mean + (1.0 - momentum) * mean
         running_var[...] = momentum * running_var + (1.0 - momentum) * var
@@ -323,6 +328,7 @@ def _forward(x, weight, bias, running_mean, running_var, *, training, momentum, 
     saved.coef, saved.weight = coef, w
     saved.has_bias, saved.weight_mode, saved.comm = bias is not None, weight_mode, comm
     saved.act, saved.alpha, saved.lo = act, cdtype(alpha), _lo(cdtype)
+    saved.ialpha = _inverse(alpha, cdtype)
     return out, saved
 
 
@@ -373,8 +379,8 @@ def _backward(dz, saved, in_place):
     else:
         out = backend.empty_like(dz)
         src_views, dz_views, out_views = _views([src, dz, out], saved.c_axis, backend)
-    coef, act, a, lo = saved.coef.copy(), saved.act, saved.alpha, saved.lo
-    local = backend.backward_reduce(src_views, dz_views, coef, act, a, lo, saved.from_x)
+    coef, act, a, ia, lo = saved.coef.copy(), saved.act, saved.alpha, saved.ialpha, saved.lo
+    local = backend.backward_reduce(src_views, dz_views, coef, act, a, ia, lo, saved.from_x)
     sums = local
     if saved.batch_stats and saved.comm is not None:
         from . import mpi_sync
@@ -385,9 +391,11 @@ def _backward(dz, saved, in_place):
     if saved.batch_stats and M > 0:
         coef[5] = -A * sums[1] / M
         coef[6] = -A * sums[0] / M
-        backend.backward_train(src_views, dz_views, out_views, coef, act, a, lo, saved.from_x)
+        backend.backward_train(src_views, dz_views, out_views, coef, act, a, ia, lo,
+                               saved.from_x)
     else:
-        backend.backward_eval(src_views, dz_views, out_views, coef, act, a, lo, saved.from_x)
+        backend.backward_eval(src_views, dz_views, out_views, coef, act, a, ia, lo,
+                              saved.from_x)
 
     pdtype = _param_dtype(saved.dtype)
     dweight = dbias = None

@@ -51,12 +51,15 @@ from numba.extending import overload
 from . import _config, _scalar
 
 _inline = njit(inline="always")
-act_forward = _inline(_scalar.act_forward)
-act_inverse = _inline(_scalar.act_inverse)
-act_grad_from_output = _inline(_scalar.act_grad_from_output)
-act_grad_from_input = _inline(_scalar.act_grad_from_input)
 half_bits_to_float = _inline(_scalar.half_bits_to_float)
 float_bits_to_half = _inline(_scalar.float_bits_to_half)
+
+
+def act_forward(y, a):
+    """Placeholder name: each activation family's kernels bind it (see _FAMILIES)."""
+
+
+act_inverse = act_grad_from_output = act_grad_from_input = act_forward
 
 
 # ---- storage <-> compute conversion -----------------------------------------------
@@ -125,22 +128,20 @@ def _item_cl(t, M, C, nbm, nbc):
     return jm, m0, m1, c0, c1
 
 
-@_inline
-def _grad_and_centred(sv, dv, coef, c, act, a, lo, from_x):
+def _grad_and_centred(sv, dv, coef, c, a, ia, lo, from_x):
     """g = dL/dy and x̂ for one element, from z (in place) or x (standard)."""
     if from_x:
         xc = sv - coef[0, c]
-        return (act_grad_from_input(xc * coef[2, c] + coef[3, c], dv, act, a),
+        return (act_grad_from_input(xc * coef[2, c] + coef[3, c], dv, a),
                 xc * coef[7, c] + coef[8, c])
-    xh = (act_inverse(sv, act, a, lo) - coef[1, c]) * coef[7, c]
-    return act_grad_from_output(sv, dv, act, a), xh
+    xh = (act_inverse(sv, ia, lo) - coef[1, c]) * coef[7, c]
+    return act_grad_from_output(sv, dv, a), xh
 
 
-@_inline
-def _grad(sv, dv, coef, c, act, a, from_x):
+def _grad(sv, dv, coef, c, a, ia, lo, from_x):
     if from_x:
-        return act_grad_from_input((sv - coef[0, c]) * coef[2, c] + coef[3, c], dv, act, a)
-    return act_grad_from_output(sv, dv, act, a)
+        return act_grad_from_input((sv - coef[0, c]) * coef[2, c] + coef[3, c], dv, a)
+    return act_grad_from_output(sv, dv, a)
 
 
 # ---- channels first: views (N, C, S) -----------------------------------------------
@@ -166,7 +167,7 @@ def _statistics_cf(x, shift, part, nbn, nbs, out):
             out[1, c] += part[j, 1]
 
 
-def _forward_cf(x, out, coef, act, a, nbn, nbs):
+def _forward_cf(x, out, coef, a, ia, lo, nbn, nbs):
     N, C, S = x.shape
     for t in prange(C * nbn * nbs):
         c, n0, n1, s0, s1 = _item_cf(t, C, N, S, nbn, nbs)
@@ -176,10 +177,10 @@ def _forward_cf(x, out, coef, act, a, nbn, nbs):
         for n in range(n0, n1):
             for i in range(s0, s1):
                 y = (load(x[n, c, i]) - h) * g + e
-                out[n, c, i] = store(act_forward(y, act, a), out)
+                out[n, c, i] = store(act_forward(y, a), out)
 
 
-def _backward_reduce_cf(src, dz, coef, act, a, lo, from_x, part, nbn, nbs, out):
+def _backward_reduce_cf(src, dz, coef, a, ia, lo, from_x, part, nbn, nbs, out):
     N, C, S = src.shape
     per = nbn * nbs
     for t in prange(C * per):
@@ -189,7 +190,7 @@ def _backward_reduce_cf(src, dz, coef, act, a, lo, from_x, part, nbn, nbs, out):
         for n in range(n0, n1):
             for i in range(s0, s1):
                 gr, yb = _grad_and_centred(load(src[n, c, i]), load(dz[n, c, i]),
-                                           coef, c, act, a, lo, from_x)
+                                           coef, c, a, ia, lo, from_x)
                 a1 += np.float64(gr)
                 a2 += np.float64(gr) * np.float64(yb)
         part[t, 0] = a1
@@ -200,7 +201,7 @@ def _backward_reduce_cf(src, dz, coef, act, a, lo, from_x, part, nbn, nbs, out):
             out[1, c] += part[j, 1]
 
 
-def _backward_apply_cf(src, dz, dx, coef, act, a, lo, from_x, train, nbn, nbs):
+def _backward_apply_cf(src, dz, dx, coef, a, ia, lo, from_x, train, nbn, nbs):
     N, C, S = src.shape
     for t in prange(C * nbn * nbs):
         c, n0, n1, s0, s1 = _item_cf(t, C, N, S, nbn, nbs)
@@ -211,10 +212,10 @@ def _backward_apply_cf(src, dz, dx, coef, act, a, lo, from_x, train, nbn, nbs):
             for i in range(s0, s1):
                 if train:
                     gr, yb = _grad_and_centred(load(src[n, c, i]), load(dz[n, c, i]),
-                                               coef, c, act, a, lo, from_x)
+                                               coef, c, a, ia, lo, from_x)
                     v = p * gr + q * yb + r
                 else:
-                    v = p * _grad(load(src[n, c, i]), load(dz[n, c, i]), coef, c, act, a,
+                    v = p * _grad(load(src[n, c, i]), load(dz[n, c, i]), coef, c, a, ia, lo,
                                   from_x)
                 dx[n, c, i] = store(v, dx)
 
@@ -239,17 +240,17 @@ def _statistics_cl(x, shift, part, nbm, nbc, out):
             out[1, c] += part[jm, 1, c]
 
 
-def _forward_cl(x, out, coef, act, a, nbm, nbc):
+def _forward_cl(x, out, coef, a, ia, lo, nbm, nbc):
     M, C = x.shape
     for t in prange(nbm * nbc):
         jm, m0, m1, c0, c1 = _item_cl(t, M, C, nbm, nbc)
         for m in range(m0, m1):
             for c in range(c0, c1):
                 y = (load(x[m, c]) - coef[0, c]) * coef[2, c] + coef[3, c]
-                out[m, c] = store(act_forward(y, act, a), out)
+                out[m, c] = store(act_forward(y, a), out)
 
 
-def _backward_reduce_cl(src, dz, coef, act, a, lo, from_x, part, nbm, nbc, out):
+def _backward_reduce_cl(src, dz, coef, a, ia, lo, from_x, part, nbm, nbc, out):
     M, C = src.shape
     for t in prange(nbm * nbc):
         jm, m0, m1, c0, c1 = _item_cl(t, M, C, nbm, nbc)
@@ -259,7 +260,7 @@ def _backward_reduce_cl(src, dz, coef, act, a, lo, from_x, part, nbm, nbc, out):
         for m in range(m0, m1):
             for c in range(c0, c1):
                 gr, yb = _grad_and_centred(load(src[m, c]), load(dz[m, c]),
-                                           coef, c, act, a, lo, from_x)
+                                           coef, c, a, ia, lo, from_x)
                 part[jm, 0, c] += np.float64(gr)
                 part[jm, 1, c] += np.float64(gr) * np.float64(yb)
     for jm in range(nbm):
@@ -268,7 +269,7 @@ def _backward_reduce_cl(src, dz, coef, act, a, lo, from_x, part, nbm, nbc, out):
             out[1, c] += part[jm, 1, c]
 
 
-def _backward_apply_cl(src, dz, dx, coef, act, a, lo, from_x, train, nbm, nbc):
+def _backward_apply_cl(src, dz, dx, coef, a, ia, lo, from_x, train, nbm, nbc):
     M, C = src.shape
     for t in prange(nbm * nbc):
         jm, m0, m1, c0, c1 = _item_cl(t, M, C, nbm, nbc)
@@ -276,32 +277,46 @@ def _backward_apply_cl(src, dz, dx, coef, act, a, lo, from_x, train, nbm, nbc):
             for c in range(c0, c1):
                 if train:
                     gr, yb = _grad_and_centred(load(src[m, c]), load(dz[m, c]),
-                                               coef, c, act, a, lo, from_x)
+                                               coef, c, a, ia, lo, from_x)
                     v = coef[4, c] * gr + coef[5, c] * yb + coef[6, c]
                 else:
-                    v = coef[4, c] * _grad(load(src[m, c]), load(dz[m, c]), coef, c, act,
-                                           a, from_x)
+                    v = coef[4, c] * _grad(load(src[m, c]), load(dz[m, c]), coef, c, a, ia,
+                                           lo, from_x)
                 dx[m, c] = store(v, dx)
 
 
-def _twins(fn):
-    """(serial, parallel) compilations of one kernel source.
+def _clone(fn, suffix, overrides):
+    """A copy of ``fn`` with some globals replaced and its own qualname.
 
-    Each twin gets its own function object and qualname: Numba's disk cache keys
-    entries by qualname and signature, not by the ``parallel`` flag, so twins that
-    shared one function would load each other's machine code."""
-    def renamed(suffix):
-        f = pytypes.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + suffix,
-                                 fn.__defaults__, fn.__closure__)
-        f.__qualname__ = fn.__qualname__ + suffix
-        return f
-    return (njit(**_config.jit_options(False))(renamed("_serial")),
-            njit(**_config.jit_options(True))(renamed("_parallel")))
+    The qualname matters: Numba's disk cache keys entries by qualname and signature,
+    not by globals or by the ``parallel`` flag, so copies sharing one qualname would
+    load each other's machine code."""
+    g = dict(fn.__globals__)
+    g.update(overrides)
+    f = pytypes.FunctionType(fn.__code__, g, fn.__name__ + suffix, fn.__defaults__,
+                             fn.__closure__)
+    f.__qualname__ = fn.__qualname__ + suffix
+    return f
 
 
-_KERNELS = {fn.__name__[1:]: _twins(fn) for fn in (
-    _statistics_cf, _forward_cf, _backward_reduce_cf, _backward_apply_cf,
-    _statistics_cl, _forward_cl, _backward_reduce_cl, _backward_apply_cl)}
+def _family(name):
+    """Globals that bind the kernels to one activation family of ``_scalar``."""
+    ov = {f"act_{op}": _inline(getattr(_scalar, f"{name}_{op}"))
+          for op in ("forward", "inverse", "grad_from_output", "grad_from_input")}
+    for helper in (_grad_and_centred, _grad):
+        ov[helper.__name__] = _inline(_clone(helper, "_" + name, ov))
+    return ov
+
+
+_FAMILIES = {name: _family(name) for name in ("leaky", "elu", "relu")}
+_KERNELS = {}
+for _fn in (_statistics_cf, _statistics_cl, _forward_cf, _forward_cl, _backward_reduce_cf,
+            _backward_reduce_cl, _backward_apply_cf, _backward_apply_cl):
+    for _fam in (("any",) if _fn.__name__.startswith("_statistics") else _FAMILIES):
+        _ov = _FAMILIES.get(_fam, {})
+        _KERNELS[_fn.__name__[1:], _fam] = tuple(
+            njit(**_config.jit_options(par))(_clone(_fn, f"_{_fam}_{tag}", _ov))
+            for par, tag in ((False, "serial"), (True, "parallel")))
 
 
 # ---- threads: which twin runs, and how concurrent callers stay safe ---------------
@@ -335,8 +350,8 @@ def _threads(size):
     return 0 if n <= 1 else 4 * n
 
 
-def _run(name, parallel, *args):
-    serial, par = _KERNELS[name]
+def _run(key, parallel, *args):
+    serial, par = _KERNELS[key]
     if not parallel:
         return serial(*args)
     global _layer
@@ -413,42 +428,45 @@ def statistics(views, C):
     sums = np.zeros((2, C))
     target = _threads(_size(views))
     for v, kind, nb in _walk(views, target):
-        _run("statistics_" + kind, bool(target), v, shift, _partials(kind, v.shape, nb),
+        _run(("statistics_" + kind, "any"), bool(target), v, shift, _partials(kind, v.shape, nb),
              nb[0], nb[1], sums)
     with np.errstate(invalid="ignore"):  # NaN/Inf input: the caller names the channels
         mean_shifted = sums[0] / count
         return count, shift + mean_shifted, np.maximum(sums[1] - sums[0] * mean_shifted, 0.0)
 
 
-def forward(views, outs, coef, act, a):
+def forward(views, outs, coef, act, a, ia, lo):
     """``out = act((x - h) * g + e)``; ``outs`` may be ``views`` (in place)."""
     target = _threads(_size(views))
+    fam = _scalar.FAMILY[act]
     for (v, kind, nb), o in zip(_walk(views, target), outs):
-        _run("forward_" + kind, bool(target), v, o, coef, act, a, nb[0], nb[1])
+        _run(("forward_" + kind, fam), bool(target), v, o, coef, a, ia, lo, nb[0], nb[1])
 
 
-def backward_reduce(srcs, dzs, coef, act, a, lo, from_x):
+def backward_reduce(srcs, dzs, coef, act, a, ia, lo, from_x):
     """Per-channel ``S1 = Σ g`` and ``S2 = Σ g x̂`` in float64, shape (2, C)."""
     sums = np.zeros((2, coef.shape[1]))
     target = _threads(_size(srcs))
+    fam = _scalar.FAMILY[act]
     for (v, kind, nb), d in zip(_walk(srcs, target), dzs):
-        _run("backward_reduce_" + kind, bool(target), v, d, coef, act, a, lo, from_x,
+        _run(("backward_reduce_" + kind, fam), bool(target), v, d, coef, a, ia, lo, from_x,
              _partials(kind, v.shape, nb), nb[0], nb[1], sums)
     return sums
 
 
-def _backward_apply(srcs, dzs, dxs, coef, act, a, lo, from_x, train):
+def _backward_apply(srcs, dzs, dxs, coef, act, a, ia, lo, from_x, train):
     target = _threads(_size(srcs))
+    fam = _scalar.FAMILY[act]
     for (v, kind, nb), d, o in zip(_walk(srcs, target), dzs, dxs):
-        _run("backward_apply_" + kind, bool(target), v, d, o, coef, act, a, lo, from_x,
+        _run(("backward_apply_" + kind, fam), bool(target), v, d, o, coef, a, ia, lo, from_x,
              train, nb[0], nb[1])
 
 
-def backward_train(srcs, dzs, dxs, coef, act, a, lo, from_x):
+def backward_train(srcs, dzs, dxs, coef, act, a, ia, lo, from_x):
     """``dx = P g + Q x̂ + R``; ``dxs`` may be ``dzs`` (in place)."""
-    _backward_apply(srcs, dzs, dxs, coef, act, a, lo, from_x, True)
+    _backward_apply(srcs, dzs, dxs, coef, act, a, ia, lo, from_x, True)
 
 
-def backward_eval(srcs, dzs, dxs, coef, act, a, lo, from_x):
+def backward_eval(srcs, dzs, dxs, coef, act, a, ia, lo, from_x):
     """``dx = P g`` (statistics were constants); ``dxs`` may be ``dzs``."""
-    _backward_apply(srcs, dzs, dxs, coef, act, a, lo, from_x, False)
+    _backward_apply(srcs, dzs, dxs, coef, act, a, ia, lo, from_x, False)
