@@ -10,7 +10,7 @@ import numbers
 
 import numpy as np
 
-from . import _scalar
+from . import _scalar, mpi_sync
 
 __all__ = [
     "inplace_abn_forward", "inplace_abn_backward", "inplace_abn",
@@ -227,11 +227,16 @@ class _Saved:
     forward wrote (in place: the output z; standard path: a copy of the input x)."""
     __slots__ = ("backend", "src", "shape", "dtype", "c_axis", "from_x",
                  "batch_stats", "count", "coef", "weight", "has_bias",
-                 "weight_mode", "act", "alpha", "ialpha", "lo", "comm")
+                 "weight_mode", "act", "alpha", "ialpha", "lo", "hook", "channels_last")
 
 
 def _inverse(alpha, cdtype):
     return cdtype(1.0 / alpha) if alpha else cdtype(1.0)
+
+
+def _hook(comm):
+    """The allreduce hook of ``comm``, or None for local statistics."""
+    return None if comm is None else mpi_sync.as_hook(comm)
 
 
 def _lo(cdtype):
@@ -245,42 +250,48 @@ def _forward(x, weight, bias, running_mean, running_var, *, training, momentum, 
     """Shared forward of the in-place and the standard path; returns (out, saved)."""
     # ---- validate everything; nothing is written in this section
     names = ("weight", "bias", "running_mean", "running_var")
-    backend = _backend_for(x, (weight, bias, running_mean, running_var), names)
-    act, alpha = _activation(activation, activation_param, in_place)
-    channels_last = _channels_last(data_format)
-    _options(momentum, eps, weight_mode)
-    _check_data(x, "input", writable=in_place)
-    c_axis = x.ndim - 1 if channels_last else 1
-    C = x.shape[c_axis]
-    pdtype = _param_dtype(x.dtype)
-    if (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var must both be arrays or both be None "
-                         f"(got running_mean={'None' if running_mean is None else 'an array'},"
-                         f" running_var={'None' if running_var is None else 'an array'})")
-    has_running = running_mean is not None
-    batch_stats = not has_running or (training and not use_global_stats)
-    update = has_running and training and not use_global_stats
-    for p, name in zip((weight, bias, running_mean, running_var), names):
-        _check_param(p, name, C, pdtype, writable=update and name.startswith("running"))
-    cdtype = backend.compute_dtype(x.dtype)
+    hook = _hook(comm)
+    try:
+        backend = _backend_for(x, (weight, bias, running_mean, running_var), names)
+        act, alpha = _activation(activation, activation_param, in_place)
+        channels_last = _channels_last(data_format)
+        _options(momentum, eps, weight_mode)
+        _check_data(x, "input", writable=in_place)
+        c_axis = x.ndim - 1 if channels_last else 1
+        C = x.shape[c_axis]
+        pdtype = _param_dtype(x.dtype)
+        if (running_mean is None) != (running_var is None):
+            raise ValueError(
+                "running_mean and running_var must both be arrays or both be None (got "
+                f"running_mean={'None' if running_mean is None else 'an array'}, "
+                f"running_var={'None' if running_var is None else 'an array'})")
+        has_running = running_mean is not None
+        batch_stats = not has_running or (training and not use_global_stats)
+        update = has_running and training and not use_global_stats
+        for p, name in zip((weight, bias, running_mean, running_var), names):
+            _check_param(p, name, C, pdtype, writable=update and name.startswith("running"))
+        cdtype = backend.compute_dtype(x.dtype)
+        if in_place:
+            views = out_views = _views([x], c_axis, backend)[0]
+        else:
+            out = backend.empty_like(x)
+            views, out_views = _views([x, out], c_axis, backend)
+    except Exception:
+        if hook is not None:  # the other workers must not wait for this one
+            mpi_sync.check_consistent(hook, 1, ok=False)
+        raise
+    if hook is not None:
+        mpi_sync.check_consistent(hook, 1, C, x.dtype, channels_last, batch_stats)
 
-    if in_place:
-        views = out_views = _views([x], c_axis, backend)[0]
-    else:
-        out = backend.empty_like(x)
-        views, out_views = _views([x, out], c_axis, backend)
-
-    # ---- statistics (read-only pass), synchronized across workers when asked
+    # ---- statistics (read-only pass), merged across workers when synchronized
     if batch_stats:
         count, mean, m2 = backend.statistics(views, C)
-        if comm is not None:
-            from . import mpi_sync
-            count, mean, m2 = mpi_sync.merge_statistics(
-                comm, count, mean, m2, (C, str(x.dtype), channels_last, bool(training)))
+        if hook is not None:
+            count, mean, m2 = mpi_sync.merge_statistics(hook, count, mean, m2)
         if training and count <= 1:
             raise ValueError(f"expected more than 1 value per channel when training, got "
                              f"input size {tuple(x.shape)}"
-                             + (f" ({count} in all across workers)" if comm is not None else ""))
+                             + (f" ({count} in all across workers)" if hook else ""))
         var = m2 / count if count else np.zeros(C)
         bad = np.flatnonzero(~(np.isfinite(mean) & np.isfinite(var)))
         if bad.size:
@@ -326,7 +337,8 @@ def _forward(x, weight, bias, running_mean, running_var, *, training, momentum, 
     saved.shape, saved.dtype, saved.c_axis = tuple(x.shape), x.dtype, c_axis
     saved.from_x, saved.batch_stats, saved.count = not in_place, batch_stats, count
     saved.coef, saved.weight = coef, w
-    saved.has_bias, saved.weight_mode, saved.comm = bias is not None, weight_mode, comm
+    saved.has_bias, saved.weight_mode, saved.hook = bias is not None, weight_mode, hook
+    saved.channels_last = channels_last
     saved.act, saved.alpha, saved.lo = act, cdtype(alpha), _lo(cdtype)
     saved.ialpha = _inverse(alpha, cdtype)
     return out, saved
@@ -340,36 +352,45 @@ def _backward(dz, saved, in_place):
     if not isinstance(saved, _Saved):
         raise TypeError(f"saved must be the record returned by the forward, got "
                         f"{type(saved).__name__}")
-    backend = saved.backend
-    if not isinstance(dz, np.ndarray) and not _is_device(dz):
-        raise TypeError(f"dz must be an array like the forward's input, got {type(dz).__name__}")
-    if _is_device(dz) != backend.IS_DEVICE:
-        raise TypeError("dz must live where the forward's input lived; host and device "
-                        "arrays cannot be mixed")
-    if tuple(dz.shape) != saved.shape:
-        raise ValueError(f"dz has shape {tuple(dz.shape)} but the forward's input had shape "
-                         f"{saved.shape}")
-    if dz.dtype != saved.dtype:
-        raise TypeError(f"dz has dtype {dz.dtype} but the forward's input had dtype "
-                        f"{saved.dtype}")
-    _check_data(dz, "dz", writable=in_place)
-    src = saved.src
-    if in_place and isinstance(dz, np.ndarray) and dz is not src and \
-            np.may_share_memory(dz, src) and not (
-                dz.__array_interface__["data"][0] == src.__array_interface__["data"][0]
-                and dz.strides == src.strides):
-        raise ValueError("dz overlaps the forward's output z in a different layout; the "
-                         "in-place backward reads z while it writes dz (pass dz as its own "
-                         "array, or z itself)")
-    w = saved.weight
-    if saved.weight_mode == "signed" and w is not None:
-        small = np.flatnonzero(~(np.abs(w) >= SIGNED_WEIGHT_MIN(saved.dtype)))
-        if small.size and in_place:
-            raise ValueError(
-                f"weight_mode='signed': channels {small.tolist()} have |weight| below "
-                f"{SIGNED_WEIGHT_MIN(saved.dtype):.3g}, so x̂ = (y - b) / weight cannot be "
-                f"recovered from the output in place; use weight_mode='abs' or the standard "
-                f"path (ABN / BatchNorm(in_place=False)); nothing was written")
+    hook = saved.hook
+    try:
+        backend = saved.backend
+        if not isinstance(dz, np.ndarray) and not _is_device(dz):
+            raise TypeError(f"dz must be an array like the forward's input, got {type(dz).__name__}")
+        if _is_device(dz) != backend.IS_DEVICE:
+            raise TypeError("dz must live where the forward's input lived; host and device "
+                            "arrays cannot be mixed")
+        if tuple(dz.shape) != saved.shape:
+            raise ValueError(f"dz has shape {tuple(dz.shape)} but the forward's input had shape "
+                             f"{saved.shape}")
+        if dz.dtype != saved.dtype:
+            raise TypeError(f"dz has dtype {dz.dtype} but the forward's input had dtype "
+                            f"{saved.dtype}")
+        _check_data(dz, "dz", writable=in_place)
+        src = saved.src
+        if in_place and isinstance(dz, np.ndarray) and dz is not src and \
+                np.may_share_memory(dz, src) and not (
+                    dz.__array_interface__["data"][0] == src.__array_interface__["data"][0]
+                    and dz.strides == src.strides):
+            raise ValueError("dz overlaps the forward's output z in a different layout; the "
+                             "in-place backward reads z while it writes dz (pass dz as its own "
+                             "array, or z itself)")
+        w = saved.weight
+        if saved.weight_mode == "signed" and w is not None:
+            small = np.flatnonzero(~(np.abs(w) >= SIGNED_WEIGHT_MIN(saved.dtype)))
+            if small.size and in_place:
+                raise ValueError(
+                    f"weight_mode='signed': channels {small.tolist()} have |weight| below "
+                    f"{SIGNED_WEIGHT_MIN(saved.dtype):.3g}, so x̂ = (y - b) / weight cannot be "
+                    f"recovered from the output in place; use weight_mode='abs' or the standard "
+                    f"path (ABN / BatchNorm(in_place=False)); nothing was written")
+    except Exception:
+        if hook is not None:
+            mpi_sync.check_consistent(hook, 2, ok=False)
+        raise
+    if hook is not None:
+        mpi_sync.check_consistent(hook, 2, saved.coef.shape[1], saved.dtype,
+                                  saved.channels_last, saved.batch_stats)
 
     # ---- reduce, synchronize, apply
     if in_place:
@@ -382,9 +403,8 @@ def _backward(dz, saved, in_place):
     coef, act, a, ia, lo = saved.coef.copy(), saved.act, saved.alpha, saved.ialpha, saved.lo
     local = backend.backward_reduce(src_views, dz_views, coef, act, a, ia, lo, saved.from_x)
     sums = local
-    if saved.batch_stats and saved.comm is not None:
-        from . import mpi_sync
-        sums = mpi_sync.allreduce_sum(saved.comm, local)
+    if saved.batch_stats and hook is not None:
+        sums = mpi_sync.allreduce_sum(hook, local)
     A = coef[2].astype(np.float64)
     M = saved.count
     coef[4] = A
