@@ -1,5 +1,7 @@
-"""Command line: ``python -m numbaabn [check]`` (or the ``numbaabn`` script).
+"""Command line: ``python -m numbaabn [experiment|check]`` (or the ``numbaabn`` script).
 
+``experiment``  (the default) memory footprint of in-place vs standard ABN in a
+                training step; writes results.json, results.csv, memory.png
 ``check``  one InPlaceABN layer: forward and backward against a float64 NumPy
            implementation, then the time of each next to NumPy's, side by side.
 """
@@ -75,13 +77,17 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="numbaabn", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command")
+    from . import experiments
+    p = sub.add_parser("experiment", help="memory footprint of in-place vs standard ABN")
+    experiments.add_arguments(p)
+    p.set_defaults(func=experiments.run_from_args)
     p = sub.add_parser("check", help="forward/backward check and timing of one layer")
     p.add_argument("--shape", type=int, nargs=4, default=[16, 64, 56, 56])
     p.add_argument("--repeats", type=int, default=5)
     p.set_defaults(func=check)
     args = parser.parse_args(argv)
     if args.command is None:
-        args = parser.parse_args(["check"] + list(argv or sys.argv[1:]))
+        args = parser.parse_args(["experiment"] + list(argv or sys.argv[1:]))
     return args.func(args)
 
 

@@ -128,23 +128,25 @@ def _item_cl(t, M, C, nbm, nbc):
     return jm, m0, m1, c0, c1
 
 
-def _grad_and_centred(sv, dv, coef, c, a, ia, lo, from_x):
-    """g = dL/dy and x̂ for one element, from z (in place) or x (standard)."""
+def _grad_and_centred(sv, dv, h, b, g, e, k, f, a, ia, lo, from_x):
+    """g = dL/dy and x̂ for one element, from z (in place) or x (standard); h, b, g,
+    e, k, f are the channel's coefficients (rows 0, 1, 2, 3, 7, 8)."""
     if from_x:
-        xc = sv - coef[0, c]
-        return (act_grad_from_input(xc * coef[2, c] + coef[3, c], dv, a),
-                xc * coef[7, c] + coef[8, c])
-    xh = (act_inverse(sv, ia, lo) - coef[1, c]) * coef[7, c]
-    return act_grad_from_output(sv, dv, a), xh
+        xc = sv - h
+        return act_grad_from_input(xc * g + e, dv, a), xc * k + f
+    return act_grad_from_output(sv, dv, a), (act_inverse(sv, ia, lo) - b) * k
 
 
-def _grad(sv, dv, coef, c, a, ia, lo, from_x):
+def _grad(sv, dv, h, g, e, a, from_x):
     if from_x:
-        return act_grad_from_input((sv - coef[0, c]) * coef[2, c] + coef[3, c], dv, a)
+        return act_grad_from_input((sv - h) * g + e, dv, a)
     return act_grad_from_output(sv, dv, a)
 
 
 # ---- channels first: views (N, C, S) -----------------------------------------------
+# Inner loops index 1-D row views sliced to the block and count from 0 (x[n, c, s0:s1],
+# i in range(s1 - s0)): a loop starting at an index of unknown sign makes Numba check
+# for negative indices, which kept LLVM from vectorizing (5x slower).
 
 def _statistics_cf(x, shift, part, nbn, nbs, out):
     N, C, S = x.shape
@@ -155,8 +157,9 @@ def _statistics_cf(x, shift, part, nbn, nbs, out):
         a1 = 0.0
         a2 = 0.0
         for n in range(n0, n1):
-            for i in range(s0, s1):
-                d = np.float64(load(x[n, c, i])) - k
+            xr = x[n, c, s0:s1]
+            for i in range(s1 - s0):
+                d = np.float64(load(xr[i])) - k
                 a1 += d
                 a2 += d * d
         part[t, 0] = a1
@@ -175,9 +178,10 @@ def _forward_cf(x, out, coef, a, ia, lo, nbn, nbs):
         g = coef[2, c]
         e = coef[3, c]
         for n in range(n0, n1):
-            for i in range(s0, s1):
-                y = (load(x[n, c, i]) - h) * g + e
-                out[n, c, i] = store(act_forward(y, a), out)
+            xr = x[n, c, s0:s1]
+            orow = out[n, c, s0:s1]
+            for i in range(s1 - s0):
+                orow[i] = store(act_forward((load(xr[i]) - h) * g + e, a), out)
 
 
 def _backward_reduce_cf(src, dz, coef, a, ia, lo, from_x, part, nbn, nbs, out):
@@ -185,14 +189,17 @@ def _backward_reduce_cf(src, dz, coef, a, ia, lo, from_x, part, nbn, nbs, out):
     per = nbn * nbs
     for t in prange(C * per):
         c, n0, n1, s0, s1 = _item_cf(t, C, N, S, nbn, nbs)
+        h, b, g, e, k, f = coef[0, c], coef[1, c], coef[2, c], coef[3, c], coef[7, c], coef[8, c]
         a1 = 0.0
         a2 = 0.0
         for n in range(n0, n1):
-            for i in range(s0, s1):
-                gr, yb = _grad_and_centred(load(src[n, c, i]), load(dz[n, c, i]),
-                                           coef, c, a, ia, lo, from_x)
+            sr = src[n, c, s0:s1]
+            dr = dz[n, c, s0:s1]
+            for i in range(s1 - s0):
+                gr, xh = _grad_and_centred(load(sr[i]), load(dr[i]), h, b, g, e, k, f, a, ia,
+                                           lo, from_x)
                 a1 += np.float64(gr)
-                a2 += np.float64(gr) * np.float64(yb)
+                a2 += np.float64(gr) * np.float64(xh)
         part[t, 0] = a1
         part[t, 1] = a2
     for c in range(C):
@@ -205,19 +212,20 @@ def _backward_apply_cf(src, dz, dx, coef, a, ia, lo, from_x, train, nbn, nbs):
     N, C, S = src.shape
     for t in prange(C * nbn * nbs):
         c, n0, n1, s0, s1 = _item_cf(t, C, N, S, nbn, nbs)
-        p = coef[4, c]
-        q = coef[5, c]
-        r = coef[6, c]
+        h, b, g, e, k, f = coef[0, c], coef[1, c], coef[2, c], coef[3, c], coef[7, c], coef[8, c]
+        p, q, r = coef[4, c], coef[5, c], coef[6, c]
         for n in range(n0, n1):
-            for i in range(s0, s1):
-                if train:
-                    gr, yb = _grad_and_centred(load(src[n, c, i]), load(dz[n, c, i]),
-                                               coef, c, a, ia, lo, from_x)
-                    v = p * gr + q * yb + r
-                else:
-                    v = p * _grad(load(src[n, c, i]), load(dz[n, c, i]), coef, c, a, ia, lo,
-                                  from_x)
-                dx[n, c, i] = store(v, dx)
+            sr = src[n, c, s0:s1]
+            dr = dz[n, c, s0:s1]
+            xr = dx[n, c, s0:s1]
+            if train:
+                for i in range(s1 - s0):
+                    gr, xh = _grad_and_centred(load(sr[i]), load(dr[i]), h, b, g, e, k, f,
+                                               a, ia, lo, from_x)
+                    xr[i] = store(p * gr + q * xh + r, dx)
+            else:
+                for i in range(s1 - s0):
+                    xr[i] = store(p * _grad(load(sr[i]), load(dr[i]), h, g, e, a, from_x), dx)
 
 
 # ---- channels last: views (M, C) ---------------------------------------------------
@@ -226,14 +234,19 @@ def _statistics_cl(x, shift, part, nbm, nbc, out):
     M, C = x.shape
     for t in prange(nbm * nbc):
         jm, m0, m1, c0, c1 = _item_cl(t, M, C, nbm, nbc)
-        for c in range(c0, c1):
-            part[jm, 0, c] = 0.0
-            part[jm, 1, c] = 0.0
+        w = c1 - c0
+        p1 = part[jm, 0, c0:c1]
+        p2 = part[jm, 1, c0:c1]
+        k = shift[c0:c1]
+        for c in range(w):
+            p1[c] = 0.0
+            p2[c] = 0.0
         for m in range(m0, m1):
-            for c in range(c0, c1):
-                d = np.float64(load(x[m, c])) - shift[c]
-                part[jm, 0, c] += d
-                part[jm, 1, c] += d * d
+            xr = x[m, c0:c1]
+            for c in range(w):
+                d = np.float64(load(xr[c])) - k[c]
+                p1[c] += d
+                p2[c] += d * d
     for jm in range(nbm):
         for c in range(C):
             out[0, c] += part[jm, 0, c]
@@ -244,25 +257,37 @@ def _forward_cl(x, out, coef, a, ia, lo, nbm, nbc):
     M, C = x.shape
     for t in prange(nbm * nbc):
         jm, m0, m1, c0, c1 = _item_cl(t, M, C, nbm, nbc)
+        w = c1 - c0
+        h = coef[0, c0:c1]
+        g = coef[2, c0:c1]
+        e = coef[3, c0:c1]
         for m in range(m0, m1):
-            for c in range(c0, c1):
-                y = (load(x[m, c]) - coef[0, c]) * coef[2, c] + coef[3, c]
-                out[m, c] = store(act_forward(y, a), out)
+            xr = x[m, c0:c1]
+            orow = out[m, c0:c1]
+            for c in range(w):
+                orow[c] = store(act_forward((load(xr[c]) - h[c]) * g[c] + e[c], a), out)
 
 
 def _backward_reduce_cl(src, dz, coef, a, ia, lo, from_x, part, nbm, nbc, out):
     M, C = src.shape
     for t in prange(nbm * nbc):
         jm, m0, m1, c0, c1 = _item_cl(t, M, C, nbm, nbc)
-        for c in range(c0, c1):
-            part[jm, 0, c] = 0.0
-            part[jm, 1, c] = 0.0
+        w = c1 - c0
+        h, b, g, e = coef[0, c0:c1], coef[1, c0:c1], coef[2, c0:c1], coef[3, c0:c1]
+        k, f = coef[7, c0:c1], coef[8, c0:c1]
+        p1 = part[jm, 0, c0:c1]
+        p2 = part[jm, 1, c0:c1]
+        for c in range(w):
+            p1[c] = 0.0
+            p2[c] = 0.0
         for m in range(m0, m1):
-            for c in range(c0, c1):
-                gr, yb = _grad_and_centred(load(src[m, c]), load(dz[m, c]),
-                                           coef, c, a, ia, lo, from_x)
-                part[jm, 0, c] += np.float64(gr)
-                part[jm, 1, c] += np.float64(gr) * np.float64(yb)
+            sr = src[m, c0:c1]
+            dr = dz[m, c0:c1]
+            for c in range(w):
+                gr, xh = _grad_and_centred(load(sr[c]), load(dr[c]), h[c], b[c], g[c], e[c],
+                                           k[c], f[c], a, ia, lo, from_x)
+                p1[c] += np.float64(gr)
+                p2[c] += np.float64(gr) * np.float64(xh)
     for jm in range(nbm):
         for c in range(C):
             out[0, c] += part[jm, 0, c]
@@ -273,16 +298,23 @@ def _backward_apply_cl(src, dz, dx, coef, a, ia, lo, from_x, train, nbm, nbc):
     M, C = src.shape
     for t in prange(nbm * nbc):
         jm, m0, m1, c0, c1 = _item_cl(t, M, C, nbm, nbc)
+        w = c1 - c0
+        h, b, g, e = coef[0, c0:c1], coef[1, c0:c1], coef[2, c0:c1], coef[3, c0:c1]
+        k, f = coef[7, c0:c1], coef[8, c0:c1]
+        p, q, r = coef[4, c0:c1], coef[5, c0:c1], coef[6, c0:c1]
         for m in range(m0, m1):
-            for c in range(c0, c1):
-                if train:
-                    gr, yb = _grad_and_centred(load(src[m, c]), load(dz[m, c]),
-                                               coef, c, a, ia, lo, from_x)
-                    v = coef[4, c] * gr + coef[5, c] * yb + coef[6, c]
-                else:
-                    v = coef[4, c] * _grad(load(src[m, c]), load(dz[m, c]), coef, c, a, ia,
-                                           lo, from_x)
-                dx[m, c] = store(v, dx)
+            sr = src[m, c0:c1]
+            dr = dz[m, c0:c1]
+            xr = dx[m, c0:c1]
+            if train:
+                for c in range(w):
+                    gr, xh = _grad_and_centred(load(sr[c]), load(dr[c]), h[c], b[c], g[c],
+                                               e[c], k[c], f[c], a, ia, lo, from_x)
+                    xr[c] = store(p[c] * gr + q[c] * xh + r[c], dx)
+            else:
+                for c in range(w):
+                    xr[c] = store(p[c] * _grad(load(sr[c]), load(dr[c]), h[c], g[c], e[c], a,
+                                               from_x), dx)
 
 
 def _clone(fn, suffix, overrides):
