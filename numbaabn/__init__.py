@@ -2,6 +2,7 @@
 
 See ``README.md`` and ``numbaabn.api`` for the functions and layers.
 """
+from . import _config  # noqa: F401  (first: sets OMP_WAIT_POLICY before any pool starts)
 from .api import (ABN, BatchNorm, InPlaceABN, InPlaceABNSync, SIGNED_WEIGHT_MIN,
                   SyncBatchNorm, convert_sync_batchnorm, inplace_abn, inplace_abn_backward,
                   inplace_abn_forward)

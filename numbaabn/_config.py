@@ -11,9 +11,17 @@ variable                   meaning (default)
                            (``131072``); smaller tensors use the serial twins and pay
                            no thread start-up
 ``NUMBA_THREADING_LAYER``  Numba's own variable; numbaabn works with every layer
+``OMP_WAIT_POLICY``        set to ``PASSIVE`` by numbaabn unless already set: GNU
+                           OpenMP threads (Numba's default layer on Linux) otherwise
+                           spin after each kernel and fight NumPy's BLAS threads for
+                           the cores (a training step mixing matmuls and BN ran 7x
+                           slower on 2 cores). It takes effect when the OpenMP runtime
+                           loads, i.e. if nothing loaded it before numbaabn's import.
 =========================  =========================================================
 """
 import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 _SAFE_FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
 

@@ -49,7 +49,7 @@ import tracemalloc
 import numpy as np
 
 VARIANTS = ("standard", "inplace", "torch")
-DEFAULTS = dict(depth=24, batch=32, channels=32, size=16, steps=2, seed=0)
+DEFAULTS = dict(depth=24, batch=64, channels=32, size=16, steps=2, seed=0)
 
 
 def _has_torch():
@@ -201,7 +201,7 @@ class TorchNet:
 
 # ---- one measurement, in this process --------------------------------------------------
 
-def _measure_here(variant, depth, batch, channels, size, steps, seed):
+def _measure_here(variant, depth, batch, channels, size, steps, seed, trace=True):
     gc.collect()
     if variant == "torch":
         import torch
@@ -227,28 +227,31 @@ def _measure_here(variant, depth, batch, channels, size, steps, seed):
             losses.append(net.step(X, T))
             times.append(time.perf_counter() - t)
     peak = max(sampler.peak, _hwm() if hwm_ok else 0)
-    tracemalloc.start()
-    start = tracemalloc.get_traced_memory()[0]
-    losses.append(net.step(X, T))
-    traced = tracemalloc.get_traced_memory()[1] - start
-    tracemalloc.stop()
+    traced = None
+    if trace:  # one more step, under tracemalloc (slower: not timed)
+        tracemalloc.start()
+        start = tracemalloc.get_traced_memory()[0]
+        losses.append(net.step(X, T))
+        traced = tracemalloc.get_traced_memory()[1] - start
+        tracemalloc.stop()
     return dict(variant=variant, depth=depth, batch=batch, channels=channels, size=size,
                 steps=steps, step_peak_bytes=int(peak - before),
-                total_peak_bytes=int(peak - rss0), tracemalloc_peak_bytes=int(traced),
+                total_peak_bytes=int(peak - rss0),
+                tracemalloc_peak_bytes=None if traced is None else int(traced),
                 seconds_per_step=float(np.median(times)), losses=losses,
                 activation_bytes_per_buffer=int(X.nbytes), hwm_reset=hwm_ok)
 
 
 def measure(variant, depth=DEFAULTS["depth"], batch=DEFAULTS["batch"],
             channels=DEFAULTS["channels"], size=DEFAULTS["size"], steps=DEFAULTS["steps"],
-            seed=DEFAULTS["seed"]):
+            seed=DEFAULTS["seed"], trace=True):
     """Measure one training configuration in a fresh Python process; returns a dict
-    (see the module docstring for the fields). Identical configurations are
-    measured once per Python session."""
+    (see the module docstring for the fields). ``trace=False`` skips the extra step
+    under tracemalloc. Identical configurations are measured once per session."""
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     spec = json.dumps(dict(variant=variant, depth=depth, batch=batch, channels=channels,
-                           size=size, steps=steps, seed=seed), sort_keys=True)
+                           size=size, steps=steps, seed=seed, trace=trace), sort_keys=True)
     if spec not in _measured:
         p = subprocess.run([sys.executable, "-m", "numbaabn.experiments", "--worker", spec],
                            capture_output=True, text=True)
@@ -278,7 +281,7 @@ def max_batch(variant, budget, progress=None, **config):
     measured). Memory is affine in the batch size, so two probes predict the answer;
     measured bisection around the prediction then finds it. Returns (batch, probes)."""
     config = {k: v for k, v in config.items() if k != "batch"}
-    config["steps"] = 1  # memory, not time: one step per probe
+    config.update(steps=1, trace=False)  # memory, not time: one step per probe
     probes = {}
 
     def fits(n):
@@ -288,24 +291,27 @@ def max_batch(variant, budget, progress=None, **config):
                 progress.update(1)
         return probes[n] <= budget
 
-    a, b = 8, 32
-    fits(a), fits(b)
-    slope = max((probes[b] - probes[a]) / (b - a), 1.0)
-    guess = max(1, int((budget - (probes[a] - slope * a)) / slope))
     step = lambda n: max(1, n // 100)  # noqa: E731  (1%: each probe is a training step)
-    lo, hi = 1, None
-    if fits(guess):
-        lo = guess
-        if not fits(guess + step(guess)):
-            hi = guess + step(guess)
-    else:
-        hi = guess
-    while hi is None:  # the prediction was too small: double until a batch fails
-        if fits(lo * 2):
-            lo *= 2
+    x0, x1 = 8, 32
+    fits(x0), fits(x1)
+    for _ in range(6):  # secant steps on the measured (batch, bytes) line
+        slope = max((probes[x1] - probes[x0]) / (x1 - x0), 1.0)
+        guess = max(1, x1 + int((budget - probes[x1]) / slope))
+        if guess in probes:
+            break
+        fits(guess)
+        x0, x1 = x1, guess
+    good = [n for n, b in probes.items() if b <= budget]
+    bad = [n for n, b in probes.items() if b > budget]
+    lo, hi = (max(good) if good else 0), (min(bad) if bad else None)
+    grow = step(lo)
+    while hi is None:  # no failing batch measured yet: 1% above, then growing steps
+        n = lo + grow
+        if fits(n):
+            lo, grow = n, max(grow, lo // 4)
         else:
-            hi = lo * 2
-    while hi - lo > step(lo):  # measured bisection
+            hi = n
+    while hi - lo > step(max(lo, 1)):  # measured bisection, to 1%
         mid = (lo + hi) // 2
         if fits(mid):
             lo = mid
@@ -328,15 +334,14 @@ def parse_bytes(text):
     return int(float(num) * units[unit])
 
 
-def run(out_dir="results", depths=(4, 8, 16, 24), batches=(16, 32, 64), budget=2 ** 29,
+def run(out_dir="results", depths=(4, 8, 16, 24), batches=(16, 32, 64), budget=2 ** 28,
         variants=None, quiet=False, **config):
     """Depth sweep, batch sweep and the budget search; writes ``results.json``,
     ``results.csv`` and (with matplotlib) ``memory.png`` into ``out_dir``."""
     from tqdm import tqdm
     variants = variants or available_variants()
     config = {**{k: v for k, v in DEFAULTS.items() if k not in ("depth", "batch")}, **config}
-    depth = max(depths)
-    batch = batches[len(batches) // 2]
+    depth, batch = max(depths), max(batches)  # the headline configuration
     total = (len(depths) + len(batches)) * len(variants) + 4 * len(variants)
     bar = tqdm(total=total, desc="measuring", unit="run", disable=quiet, leave=False)
     t0 = time.perf_counter()
@@ -417,6 +422,7 @@ def _plot(results, out_dir):
 def report(results):
     h, c = results["headline"], results["config"]
     mib = lambda b: f"{b / 2 ** 20:8.1f}"  # noqa: E731
+    fmt = lambda b: "-" if b is None else mib(b)  # noqa: E731
     lines = [f"Training step of {c['depth']} blocks (1x1 conv + BN + leaky ReLU), batch "
              f"{c['batch']}, {c['channels']} channels, {c['size']}x{c['size']}, float32", "",
              f"{'sweep':7} {'variant':9} {'depth':>5} {'batch':>5} {'step peak MiB':>14} "
@@ -425,7 +431,7 @@ def report(results):
         for r in results[name]:
             lines.append(f"{name.split('_')[0]:7} {r['variant']:9} {r['depth']:5d} "
                          f"{r['batch']:5d} {mib(r['step_peak_bytes']):>14} "
-                         f"{mib(r['tracemalloc_peak_bytes']):>16} "
+                         f"{fmt(r['tracemalloc_peak_bytes']):>16} "
                          f"{r['seconds_per_step'] * 1e3:8.1f}")
     lines += ["", f"in-place peak / standard peak: {h['inplace_over_standard']:.3f}  "
                   f"({mib(h['inplace_step_peak_bytes']).strip()} MiB vs "
@@ -451,8 +457,8 @@ def main(argv=None):
 
 def add_arguments(p):
     p.add_argument("--out", default="results", help="output folder (default: results)")
-    p.add_argument("--budget", default="512MiB",
-                   help="memory budget for the batch search (default 512MiB; e.g. 2GiB)")
+    p.add_argument("--budget", default="256MiB",
+                   help="memory budget for the batch search (default 256MiB; e.g. 2GiB)")
     p.add_argument("--depths", type=int, nargs="+", default=[4, 8, 16, 24])
     p.add_argument("--batches", type=int, nargs="+", default=[16, 32, 64])
     p.add_argument("--channels", type=int, default=DEFAULTS["channels"])
