@@ -140,6 +140,9 @@ class NumpyNet:
         self.bns = [cls(channels, data_format="NC") for _ in range(depth)]
         self.lr = lr
 
+    def prepare(self, X, T):
+        return X, T
+
     def step(self, X, T):
         inputs = []
         h = X
@@ -185,13 +188,15 @@ class TorchNet:
         self.opt = torch.optim.SGD(self.net.parameters(), lr=lr)
         self.torch = torch
 
-    def step(self, X, T):
+    def prepare(self, X, T):
+        """NCHW tensors, as PyTorch convolutions expect (once, outside the steps)."""
+        C, n = X.shape[1], X.shape[0] // (self.size * self.size)
+        as_nchw = lambda a: self.torch.from_numpy(  # noqa: E731
+            np.ascontiguousarray(a.reshape(n, self.size, self.size, C).transpose(0, 3, 1, 2)))
+        return as_nchw(X), as_nchw(T)
+
+    def step(self, x, t):
         torch = self.torch
-        C = X.shape[1]
-        n = X.shape[0] // (self.size * self.size)
-        x = torch.from_numpy(X).view(n, self.size, self.size, C).permute(0, 3, 1, 2)
-        x = x.contiguous()  # NCHW, as PyTorch convolutions expect
-        t = torch.from_numpy(T).view(n, self.size, self.size, C).permute(0, 3, 1, 2)
         self.opt.zero_grad(set_to_none=True)
         loss = torch.mean((self.net(x) - t) ** 2)
         loss.backward()
@@ -211,12 +216,12 @@ def _measure_here(variant, depth, batch, channels, size, steps, seed, trace=True
         import numbaabn  # noqa: F401  (import and kernel loading are not the network)
         make = lambda: NumpyNet(variant, depth, channels, seed)  # noqa: E731
     warm = make()  # compile / load kernels on a tiny batch
-    warm.step(*_data(2, channels, size, seed))
+    warm.step(*warm.prepare(*_data(2, channels, size, seed)))
     del warm
     gc.collect()
     rss0 = _rss()
     net = make()
-    X, T = _data(batch, channels, size, seed)
+    X, T = net.prepare(*_data(batch, channels, size, seed))
     gc.collect()
     before = _rss()
     hwm_ok = _reset_hwm()
@@ -239,7 +244,8 @@ def _measure_here(variant, depth, batch, channels, size, steps, seed, trace=True
                 total_peak_bytes=int(peak - rss0),
                 tracemalloc_peak_bytes=None if traced is None else int(traced),
                 seconds_per_step=float(np.median(times)), losses=losses,
-                activation_bytes_per_buffer=int(X.nbytes), hwm_reset=hwm_ok)
+                activation_bytes_per_buffer=int(batch * size * size * channels * 4),
+                hwm_reset=hwm_ok)
 
 
 def measure(variant, depth=DEFAULTS["depth"], batch=DEFAULTS["batch"],
