@@ -2,6 +2,7 @@
 
 ``experiment``  (the default) memory footprint of in-place vs standard ABN in a
                 training step; writes results.json, results.csv, memory.png
+``bench``  CPU benchmark against the memory-bandwidth floor (BENCHMARKS.md)
 ``check``  one InPlaceABN layer: forward and backward against a float64 NumPy
            implementation, then the time of each next to NumPy's, side by side.
 """
@@ -81,6 +82,10 @@ def main(argv=None):
     p = sub.add_parser("experiment", help="memory footprint of in-place vs standard ABN")
     experiments.add_arguments(p)
     p.set_defaults(func=experiments.run_from_args)
+    from . import bench
+    p = sub.add_parser("bench", help="CPU benchmark against the memory-bandwidth floor")
+    bench.add_arguments(p)
+    p.set_defaults(func=bench.run_from_args)
     p = sub.add_parser("check", help="forward/backward check and timing of one layer")
     p.add_argument("--shape", type=int, nargs=4, default=[16, 64, 56, 56])
     p.add_argument("--repeats", type=int, default=5)

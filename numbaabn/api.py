@@ -9,8 +9,9 @@ import math
 import numbers
 
 import numpy as np
+from numba import njit
 
-from . import _scalar, mpi_sync
+from . import _config, _scalar, cpu, mpi_sync
 
 __all__ = [
     "inplace_abn_forward", "inplace_abn_backward", "inplace_abn",
@@ -56,7 +57,6 @@ def _backend_for(x, others, names):
                 where = "a CUDA array" if _is_device(a) else type(a).__name__
                 raise TypeError(f"{name} must be a numpy.ndarray like the input (got {where}); "
                                 "host and device arrays cannot be mixed")
-        from . import cpu
         return cpu
     if _is_device(x):
         for a, name in zip(others, names):
@@ -119,6 +119,8 @@ def _param_dtype(dtype):
 
 def _overlaps_itself(a):
     """True unless the strides prove that no two elements share memory."""
+    if a.flags.c_contiguous or a.flags.f_contiguous:
+        return False
     dims = sorted((abs(s), n) for s, n in zip(a.strides, a.shape) if n > 1)
     if a.size == 0:
         return False
@@ -216,6 +218,16 @@ def _leaf_views(m, kind, k, first_only=False):
 
 
 def _views(arrays, c_axis, backend):
+    """Canonical views of same-shaped ``arrays``: one list of views per array."""
+    a = arrays[0]
+    if all(b.flags.c_contiguous for b in arrays):  # the common case, without planning
+        C = a.shape[c_axis]
+        rows = a.size // C if C else 0
+        if c_axis == a.ndim - 1 or rows == a.shape[0]:
+            shape = (rows, C)                      # channels last, or no spatial extent
+        else:
+            shape = (a.shape[0], C, rows // a.shape[0])
+        return [[backend.kernel_view(b.reshape(shape))] for b in arrays]
     kind, k, moved = _plan(arrays, c_axis)
     return [[backend.kernel_view(v) for v in _leaf_views(m, kind, k)] for m in moved]
 
@@ -230,8 +242,36 @@ class _Saved:
                  "weight_mode", "act", "alpha", "ialpha", "lo", "hook", "channels_last")
 
 
-def _inverse(alpha, cdtype):
-    return cdtype(1.0 / alpha) if alpha else cdtype(1.0)
+@njit(**_config.jit_options(False))
+def _fill_coefficients(mean, var, w, b, eps, abs_mode, in_place, batch_stats, coef,
+                       update, momentum, running_mean, running_var):
+    """Rows 0-3, 7, 8 of ``coef`` (see cpu.py) from float64 statistics and
+    parameters, then (``update``) the running statistics. Returns False, having
+    written nothing, where batch statistics are not finite."""
+    C = mean.shape[0]
+    if batch_stats:
+        for c in range(C):
+            if not (np.isfinite(mean[c]) and np.isfinite(var[c])):
+                return False
+    for c in range(C):
+        s = abs(w[c]) + eps if abs_mode else w[c]
+        inv_std = 1.0 / np.sqrt(var[c] + eps)
+        coef[0, c] = mean[c]                  # rounded to the compute dtype
+        low = mean[c] - np.float64(coef[0, c])
+        g = s * inv_std
+        coef[1, c] = b[c]
+        coef[2, c] = g
+        coef[3, c] = b[c] - low * g
+        if in_place:
+            coef[7, c] = 1.0 / s if s != 0 else np.inf  # signed zero: backward refuses
+        else:
+            coef[7, c] = inv_std
+            coef[8, c] = -low * inv_std
+    if update:  # nothing can fail after the coefficients: the write pass follows
+        for c in range(C):
+            running_mean[c] = momentum * running_mean[c] + (1.0 - momentum) * mean[c]
+            running_var[c] = momentum * running_var[c] + (1.0 - momentum) * var[c]
+    return True
 
 
 def _hook(comm):
@@ -239,9 +279,19 @@ def _hook(comm):
     return None if comm is None else mpi_sync.as_hook(comm)
 
 
-def _lo(cdtype):
-    """The value just above -1 in the compute dtype: ELU's inverse clamps z/a to it."""
-    return np.nextafter(cdtype(-1), cdtype(0))
+def _act_constants(alpha, cdtype):
+    """(a, 1/a, lo) in the compute dtype; lo is the value just above -1, to which
+    ELU's inverse clamps z/a."""
+    key = (alpha, cdtype)
+    if key not in _ACT_CONSTANTS:
+        _ACT_CONSTANTS[key] = (cdtype(alpha), cdtype(1.0 / alpha) if alpha else cdtype(1.0),
+                               np.nextafter(cdtype(-1), cdtype(0)))
+    return _ACT_CONSTANTS[key]
+
+
+_ACT_CONSTANTS = {}
+_NO_RUNNING = {np.dtype(np.float32): np.zeros(0, np.float32),
+               np.dtype(np.float64): np.zeros(0, np.float64)}
 
 
 def _forward(x, weight, bias, running_mean, running_var, *, training, momentum, eps,
@@ -293,44 +343,32 @@ def _forward(x, weight, bias, running_mean, running_var, *, training, momentum, 
                              f"input size {tuple(x.shape)}"
                              + (f" ({count} in all across workers)" if hook else ""))
         var = m2 / count if count else np.zeros(C)
-        bad = np.flatnonzero(~(np.isfinite(mean) & np.isfinite(var)))
-        if bad.size:
-            raise FloatingPointError(f"non-finite batch statistics in channels {bad.tolist()}"
-                                     " (the input holds NaN or Inf there); nothing was written")
     else:
         count = x.size // C if C else 0
         mean = np.asarray(running_mean, dtype=np.float64)
         var = np.asarray(running_var, dtype=np.float64)
 
-    # ---- per-channel coefficients
+    # ---- per-channel coefficients (and the check of the batch statistics)
     w = None if weight is None else np.asarray(weight, dtype=np.float64)
-    if w is None:
-        scale = np.ones(C)
-    else:
-        scale = np.abs(w) + eps if weight_mode == "abs" else w.copy()
     b = np.zeros(C) if bias is None else np.asarray(bias, dtype=np.float64)
-    inv_std = 1.0 / np.sqrt(var + eps)
     coef = np.zeros((9, C), dtype=cdtype)  # rows: see cpu.py
-    coef[0] = mean
-    low = mean - coef[0]
-    g = scale * inv_std
-    coef[1], coef[2], coef[3] = b, g, b - low * g
-    if in_place:
-        with np.errstate(divide="ignore"):  # signed zero weights: backward refuses them
-            coef[7] = 1.0 / scale
-    else:
-        coef[7], coef[8] = inv_std, -low * inv_std
+    abs_mode = weight_mode == "abs" and w is not None
+    rm_arg = running_mean if update else _NO_RUNNING[pdtype]
+    rv_arg = running_var if update else _NO_RUNNING[pdtype]
+    if not _fill_coefficients(mean, var, np.ones(C) if w is None else w, b, float(eps),
+                              abs_mode, in_place, batch_stats, coef, update, float(momentum),
+                              rm_arg, rv_arg):
+        bad = np.flatnonzero(~(np.isfinite(mean) & np.isfinite(var)))
+        raise FloatingPointError(f"non-finite batch statistics in channels {bad.tolist()}"
+                                 " (the input holds NaN or Inf there); nothing was written")
 
     # ---- write
     if in_place:
         out = src = x
     else:
         src = backend.copy(x)
-    backend.forward(views, out_views, coef, act, cdtype(alpha), _inverse(alpha, cdtype),
-                    _lo(cdtype))
-    if update:
-        running_mean[...] = momentum * running_mean + (1.0 - momentum) * mean
-        running_var[...] = momentum * running_var + (1.0 - momentum) * var
+    a, ia, lo = _act_constants(alpha, cdtype)
+    backend.forward(views, out_views, coef, act, a, ia, lo)
 
     saved = _Saved()
     saved.backend, saved.src = backend, src
@@ -339,8 +377,7 @@ def _forward(x, weight, bias, running_mean, running_var, *, training, momentum, 
     saved.coef, saved.weight = coef, w
     saved.has_bias, saved.weight_mode, saved.hook = bias is not None, weight_mode, hook
     saved.channels_last = channels_last
-    saved.act, saved.alpha, saved.lo = act, cdtype(alpha), _lo(cdtype)
-    saved.ialpha = _inverse(alpha, cdtype)
+    saved.act, saved.alpha, saved.ialpha, saved.lo = act, a, ia, lo
     return out, saved
 
 
@@ -650,6 +687,12 @@ class InPlaceABN:
             self.bias_grad += db
         self._saved = None
         return dx
+
+    def fuse(self):
+        """The eval-mode forward as a :class:`numbaabn.inference.FusedABN`: per-channel
+        coefficients computed once, then one in-place pass per call (inference)."""
+        from .inference import fuse
+        return fuse(self)
 
     def state_dict(self):
         """Copies of the parameters and running statistics, as NumPy arrays."""

@@ -148,8 +148,27 @@ def _grad(sv, dv, h, g, e, a, from_x):
 # i in range(s1 - s0)): a loop starting at an index of unknown sign makes Numba check
 # for negative indices, which kept LLVM from vectorizing (5x slower).
 
-def _statistics_cf(x, shift, part, nbn, nbs, out):
+@_inline
+def _finalize(shift, count, out):
+    """Shifted sums -> (mean, M2) in place: out[0] = mean, out[1] = M2."""
+    for c in range(shift.shape[0]):
+        m = out[0, c] / count
+        out[1, c] = max(out[1, c] - out[0, c] * m, 0.0)
+        out[0, c] = shift[c] + m
+
+
+@njit(cache=_config.CACHE)  # not IR-inlined: the float16 decoder's branches trip Numba's SSA check
+def _init_shift(first, shift):
+    """shift[c] = the channel's first element (0 where it is not finite)."""
+    for c in range(shift.shape[0]):
+        v = np.float64(load(first[c]))
+        shift[c] = v if np.isfinite(v) else 0.0
+
+
+def _statistics_cf(x, shift, init, final, count, part, nbn, nbs, out):
     N, C, S = x.shape
+    if init:
+        _init_shift(x[0, :, 0], shift)
     per = nbn * nbs
     for t in prange(C * per):
         c, n0, n1, s0, s1 = _item_cf(t, C, N, S, nbn, nbs)
@@ -168,9 +187,11 @@ def _statistics_cf(x, shift, part, nbn, nbs, out):
         for j in range(c * per, (c + 1) * per):
             out[0, c] += part[j, 0]
             out[1, c] += part[j, 1]
+    if final:
+        _finalize(shift, count, out)
 
 
-def _forward_cf(x, out, coef, a, ia, lo, nbn, nbs):
+def _forward_cf(x, out, inplace, coef, a, ia, lo, nbn, nbs):
     N, C, S = x.shape
     for t in prange(C * nbn * nbs):
         c, n0, n1, s0, s1 = _item_cf(t, C, N, S, nbn, nbs)
@@ -179,9 +200,13 @@ def _forward_cf(x, out, coef, a, ia, lo, nbn, nbs):
         e = coef[3, c]
         for n in range(n0, n1):
             xr = x[n, c, s0:s1]
-            orow = out[n, c, s0:s1]
-            for i in range(s1 - s0):
-                orow[i] = store(act_forward((load(xr[i]) - h) * g + e, a), out)
+            if inplace:  # one array reference: no runtime alias check, vectorizes
+                for i in range(s1 - s0):
+                    xr[i] = store(act_forward((load(xr[i]) - h) * g + e, a), x)
+            else:
+                orow = out[n, c, s0:s1]
+                for i in range(s1 - s0):
+                    orow[i] = store(act_forward((load(xr[i]) - h) * g + e, a), out)
 
 
 def _backward_reduce_cf(src, dz, coef, a, ia, lo, from_x, part, nbn, nbs, out):
@@ -208,7 +233,7 @@ def _backward_reduce_cf(src, dz, coef, a, ia, lo, from_x, part, nbn, nbs, out):
             out[1, c] += part[j, 1]
 
 
-def _backward_apply_cf(src, dz, dx, coef, a, ia, lo, from_x, train, nbn, nbs):
+def _backward_apply_cf(src, dz, dx, inplace, coef, a, ia, lo, from_x, train, nbn, nbs):
     N, C, S = src.shape
     for t in prange(C * nbn * nbs):
         c, n0, n1, s0, s1 = _item_cf(t, C, N, S, nbn, nbs)
@@ -217,7 +242,7 @@ def _backward_apply_cf(src, dz, dx, coef, a, ia, lo, from_x, train, nbn, nbs):
         for n in range(n0, n1):
             sr = src[n, c, s0:s1]
             dr = dz[n, c, s0:s1]
-            xr = dx[n, c, s0:s1]
+            xr = dr if inplace else dx[n, c, s0:s1]  # in place: one reference (see forward)
             if train:
                 for i in range(s1 - s0):
                     gr, xh = _grad_and_centred(load(sr[i]), load(dr[i]), h, b, g, e, k, f,
@@ -230,8 +255,10 @@ def _backward_apply_cf(src, dz, dx, coef, a, ia, lo, from_x, train, nbn, nbs):
 
 # ---- channels last: views (M, C) ---------------------------------------------------
 
-def _statistics_cl(x, shift, part, nbm, nbc, out):
+def _statistics_cl(x, shift, init, final, count, part, nbm, nbc, out):
     M, C = x.shape
+    if init:
+        _init_shift(x[0], shift)
     for t in prange(nbm * nbc):
         jm, m0, m1, c0, c1 = _item_cl(t, M, C, nbm, nbc)
         w = c1 - c0
@@ -251,9 +278,11 @@ def _statistics_cl(x, shift, part, nbm, nbc, out):
         for c in range(C):
             out[0, c] += part[jm, 0, c]
             out[1, c] += part[jm, 1, c]
+    if final:
+        _finalize(shift, count, out)
 
 
-def _forward_cl(x, out, coef, a, ia, lo, nbm, nbc):
+def _forward_cl(x, out, inplace, coef, a, ia, lo, nbm, nbc):
     M, C = x.shape
     for t in prange(nbm * nbc):
         jm, m0, m1, c0, c1 = _item_cl(t, M, C, nbm, nbc)
@@ -263,9 +292,13 @@ def _forward_cl(x, out, coef, a, ia, lo, nbm, nbc):
         e = coef[3, c0:c1]
         for m in range(m0, m1):
             xr = x[m, c0:c1]
-            orow = out[m, c0:c1]
-            for c in range(w):
-                orow[c] = store(act_forward((load(xr[c]) - h[c]) * g[c] + e[c], a), out)
+            if inplace:
+                for c in range(w):
+                    xr[c] = store(act_forward((load(xr[c]) - h[c]) * g[c] + e[c], a), x)
+            else:
+                orow = out[m, c0:c1]
+                for c in range(w):
+                    orow[c] = store(act_forward((load(xr[c]) - h[c]) * g[c] + e[c], a), out)
 
 
 def _backward_reduce_cl(src, dz, coef, a, ia, lo, from_x, part, nbm, nbc, out):
@@ -294,7 +327,7 @@ def _backward_reduce_cl(src, dz, coef, a, ia, lo, from_x, part, nbm, nbc, out):
             out[1, c] += part[jm, 1, c]
 
 
-def _backward_apply_cl(src, dz, dx, coef, a, ia, lo, from_x, train, nbm, nbc):
+def _backward_apply_cl(src, dz, dx, inplace, coef, a, ia, lo, from_x, train, nbm, nbc):
     M, C = src.shape
     for t in prange(nbm * nbc):
         jm, m0, m1, c0, c1 = _item_cl(t, M, C, nbm, nbc)
@@ -305,7 +338,7 @@ def _backward_apply_cl(src, dz, dx, coef, a, ia, lo, from_x, train, nbm, nbc):
         for m in range(m0, m1):
             sr = src[m, c0:c1]
             dr = dz[m, c0:c1]
-            xr = dx[m, c0:c1]
+            xr = dr if inplace else dx[m, c0:c1]
             if train:
                 for c in range(w):
                     gr, xh = _grad_and_centred(load(sr[c]), load(dr[c]), h[c], b[c], g[c],
@@ -449,22 +482,18 @@ def statistics(views, C):
 
     Sums are shifted by the channel's first element, which keeps the variance
     accurate for data with a large offset (x = 1e4 + N(0, 1))."""
-    count = _size(views) // C if views else 0
+    size = _size(views)
+    count = size // C if C else 0
     shift = np.zeros(C)
     if count == 0:
         return 0, shift, np.zeros(C)
-    v0 = views[0]
-    first = v0[0, :, 0] if v0.ndim == 3 else v0[0, :]
-    shift[:] = first if v0.dtype != np.uint16 else first.view(np.float16)
-    shift[~np.isfinite(shift)] = 0.0
     sums = np.zeros((2, C))
-    target = _threads(_size(views))
-    for v, kind, nb in _walk(views, target):
-        _run(("statistics_" + kind, "any"), bool(target), v, shift, _partials(kind, v.shape, nb),
-             nb[0], nb[1], sums)
-    with np.errstate(invalid="ignore"):  # NaN/Inf input: the caller names the channels
-        mean_shifted = sums[0] / count
-        return count, shift + mean_shifted, np.maximum(sums[1] - sums[0] * mean_shifted, 0.0)
+    target = _threads(size)
+    last = len(views) - 1
+    for j, (v, kind, nb) in enumerate(_walk(views, target)):
+        _run(("statistics_" + kind, "any"), bool(target), v, shift, j == 0, j == last,
+             float(count), _partials(kind, v.shape, nb), nb[0], nb[1], sums)
+    return count, sums[0], sums[1]
 
 
 def forward(views, outs, coef, act, a, ia, lo):
@@ -472,7 +501,8 @@ def forward(views, outs, coef, act, a, ia, lo):
     target = _threads(_size(views))
     fam = _scalar.FAMILY[act]
     for (v, kind, nb), o in zip(_walk(views, target), outs):
-        _run(("forward_" + kind, fam), bool(target), v, o, coef, a, ia, lo, nb[0], nb[1])
+        _run(("forward_" + kind, fam), bool(target), v, o, o is v, coef, a, ia, lo, nb[0],
+             nb[1])
 
 
 def backward_reduce(srcs, dzs, coef, act, a, ia, lo, from_x):
@@ -490,8 +520,8 @@ def _backward_apply(srcs, dzs, dxs, coef, act, a, ia, lo, from_x, train):
     target = _threads(_size(srcs))
     fam = _scalar.FAMILY[act]
     for (v, kind, nb), d, o in zip(_walk(srcs, target), dzs, dxs):
-        _run(("backward_apply_" + kind, fam), bool(target), v, d, o, coef, a, ia, lo, from_x,
-             train, nb[0], nb[1])
+        _run(("backward_apply_" + kind, fam), bool(target), v, d, o, o is d, coef, a, ia, lo,
+             from_x, train, nb[0], nb[1])
 
 
 def backward_train(srcs, dzs, dxs, coef, act, a, ia, lo, from_x):

@@ -23,7 +23,7 @@ def problems(draw):
     return dims, cl, training, dtype, act, param, transpose, seed
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, derandomize=True)  # reproducible in CI
 @given(problems())
 def test_random_problems_match_reference(p):
     dims, cl, training, dtype, act, param, transpose, seed = p
@@ -55,5 +55,5 @@ def test_random_problems_match_reference(p):
     dx, dw, db = numbaabn.inplace_abn_backward(dz0.copy(), saved)
     dx_ref, dw_ref, db_ref = ref.backward(dz0, ctx)
     assert_close(dx, dx_ref, dtype, "dx", ctx["dx_scale"])
-    assert_sums_close(dw, dw_ref, ctx["abs_sums"][1], dtype, "dweight")
-    assert_sums_close(db, db_ref, ctx["abs_sums"][0], dtype, "dbias")
+    assert_sums_close(dw, dw_ref, ctx["abs_sums"][1], dtype, "dweight", ctx["f16_slack"][1])
+    assert_sums_close(db, db_ref, ctx["abs_sums"][0], dtype, "dbias", ctx["f16_slack"][0])

@@ -1,0 +1,286 @@
+"""CPU benchmark against the memory-bandwidth floor: ``python -m numbaabn bench``.
+
+For every row, in one process: the streaming bandwidth of this machine for an array
+of the row's size (a Numba parallel kernel reading and writing the array in place,
+best of several passes), then the median time of each operation after warm-up,
+with the input restored before each repeat outside the timed region:
+
+==================  ==========================================  ==================
+operation           what runs                                   floor (bytes)
+==================  ==========================================  ==================
+forward-train       statistics + forward, in place              3 x input bytes
+forward-eval        forward with running statistics, in place   2 x input bytes
+backward-train      backward_reduce + backward_train, in place  5 x input bytes
+==================  ==========================================  ==================
+
+``floor = bytes / bandwidth``; the ratio column is ``time / floor``. The bandwidth
+is measured per size because caches make it size-dependent (a 51 MB tensor lives in
+a 300 MB L3 on some machines): the floor of each row is what a copy-like kernel
+achieves on data of that size here and now. Optional columns, measured side by
+side: a plain NumPy implementation of the same math and PyTorch's
+``BatchNorm + LeakyReLU(inplace=True)`` (forward, and forward+backward through
+autograd), each as its time divided by numbaabn's.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+from numba import njit, prange
+
+import numbaabn
+
+ROWS = [((32, 128, 56, 56), ("float32", "float16", "float64")),
+        ((256, 4096), ("float32",)),
+        ((8, 64, 16, 32, 32), ("float32",)),
+        ((64, 3, 224, 224), ("float32",)),
+        ((64, 2048, 7, 7), ("float32",)),
+        ((8, 64, 8, 8), ("float32",))]
+PASSES = {"forward-train": 3, "forward-eval": 2, "backward-train": 5}
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _stream(a, s):
+    for i in prange(a.size):
+        a[i] = a[i] * s
+
+
+def stream_bandwidth(nbytes, repeats=7):
+    """Bytes per second of an in-place read+write pass over ``nbytes`` (best of)."""
+    a = np.ones(max(nbytes // 4, 1024), np.float32)
+    _stream(a, np.float32(1.0))
+    best = np.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        _stream(a, np.float32(1.0))
+        best = min(best, time.perf_counter() - t)
+    return 2 * a.nbytes / best
+
+
+def _median_time(fn, prepare, repeats, warmup=2):
+    times = []
+    for i in range(warmup + repeats):
+        prepare()
+        t = time.perf_counter()
+        fn()
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def _layout(shape, fmt):
+    if fmt == "NHWC" and len(shape) > 2:
+        return (shape[0],) + shape[2:] + (shape[1],)
+    return shape
+
+
+def _numpy_fwd_bwd(x, dz, w, b, channels_last, slope=0.01, eps=1e-5):
+    """Plain NumPy forward (training) and backward of the same math."""
+    axes = tuple(i for i in range(x.ndim) if i != (x.ndim - 1 if channels_last else 1))
+    shape = [1] * x.ndim
+    shape[x.ndim - 1 if channels_last else 1] = -1
+    mean = x.mean(axes, keepdims=True)
+    var = x.var(axes, keepdims=True)
+    inv = 1 / np.sqrt(var + eps)
+    xhat = (x - mean) * inv
+    s = (np.abs(w) + eps).reshape(shape)
+    y = s * xhat + b.reshape(shape)
+    z = np.where(y >= 0, y, slope * y)
+    g = np.where(y >= 0, dz, slope * dz)
+    M = x.size // x.shape[x.ndim - 1 if channels_last else 1]
+    dx = s * inv * (g - g.sum(axes, keepdims=True) / M
+                    - xhat * (g * xhat).sum(axes, keepdims=True) / M)
+    return z, dx
+
+
+def _torch_times(x0, dz0, fmt, repeats):
+    try:
+        import torch
+    except ImportError:
+        return None
+    if x0.dtype == np.float16 or (fmt == "NHWC" and x0.ndim != 4):
+        return None
+    torch.set_num_threads(os.cpu_count() or 1)
+    C = x0.shape[-1] if fmt == "NHWC" else x0.shape[1]
+    bn_cls = {2: torch.nn.BatchNorm1d, 3: torch.nn.BatchNorm1d, 4: torch.nn.BatchNorm2d,
+              5: torch.nn.BatchNorm3d}[x0.ndim]
+    bn = bn_cls(C).to(dtype=torch.float64 if x0.dtype == np.float64 else torch.float32)
+    act = torch.nn.LeakyReLU(0.01, inplace=True)
+    src = np.moveaxis(x0, -1, 1) if fmt == "NHWC" else x0
+    dsrc = np.moveaxis(dz0, -1, 1) if fmt == "NHWC" else dz0
+    fmt_kw = {"memory_format": torch.channels_last} if fmt == "NHWC" else {}
+    xt = torch.from_numpy(np.ascontiguousarray(src)).contiguous(**fmt_kw)
+    dzt = torch.from_numpy(np.ascontiguousarray(dsrc)).contiguous(**fmt_kw)
+
+    def fwd():
+        with torch.no_grad():
+            act(bn(xt))
+
+    def fwd_bwd():
+        xg = xt.detach().requires_grad_(True)
+        act(bn(xg)).backward(dzt)
+
+    return {"torch_forward": _median_time(fwd, lambda: None, repeats),
+            "torch_forward_backward": _median_time(fwd_bwd, lambda: None, repeats)}
+
+
+def bench_row(shape, dtype, fmt, repeats=7, compare=True):
+    """Times, bandwidth and floors for one (shape, dtype, layout) row."""
+    rng = np.random.default_rng(0)
+    x0 = rng.standard_normal(_layout(shape, fmt), dtype=np.float32).astype(dtype)
+    dz0 = rng.standard_normal(x0.shape, dtype=np.float32).astype(dtype)
+    channels_last = fmt == "NHWC"
+    C = x0.shape[-1] if channels_last else x0.shape[1]
+    pd = np.float64 if dtype == "float64" else np.float32
+    w, b = np.ones(C, pd), np.zeros(C, pd)
+    rm, rv = np.zeros(C, pd), np.ones(C, pd)
+    data_format = "NHWC" if channels_last else "NCHW"
+    x, dz = np.empty_like(x0), np.empty_like(dz0)
+    kw = dict(activation="leaky_relu", data_format=data_format)
+    bw = stream_bandwidth(x0.nbytes)
+    t = {}
+    t["forward-train"] = _median_time(
+        lambda: numbaabn.inplace_abn_forward(x, w, b, rm, rv, training=True, **kw),
+        lambda: np.copyto(x, x0), repeats)
+    t["forward-eval"] = _median_time(
+        lambda: numbaabn.inplace_abn_forward(x, w, b, rm, rv, training=False, **kw),
+        lambda: np.copyto(x, x0), repeats)
+    np.copyto(x, x0)
+    _, saved = numbaabn.inplace_abn_forward(x, w, b, rm, rv, training=True, **kw)
+    t["backward-train"] = _median_time(lambda: numbaabn.inplace_abn_backward(dz, saved),
+                                       lambda: np.copyto(dz, dz0), repeats)
+    row = dict(shape=list(shape), dtype=dtype, layout=fmt, bytes=int(x0.nbytes),
+               bandwidth_GBps=bw / 1e9, elements=int(x0.size))
+    for op, sec in t.items():
+        floor = PASSES[op] * x0.nbytes / bw
+        row[op] = dict(seconds=sec, GBps=PASSES[op] * x0.nbytes / sec / 1e9,
+                       floor_seconds=floor, ratio_to_floor=sec / floor)
+    ours = t["forward-train"] + t["backward-train"]
+    if compare and dtype != "float16":
+        xn, dzn = x0.astype(np.float32 if dtype == "float32" else np.float64), dz0
+        tn = _median_time(lambda: _numpy_fwd_bwd(xn, dzn, w, b, channels_last), lambda: None,
+                          max(3, repeats // 2))
+        row["numpy_over_numbaabn"] = tn / ours
+        tt = _torch_times(x0, dz0, fmt, repeats)
+        if tt:
+            row["torch_forward_over_numbaabn"] = tt["torch_forward"] / t["forward-train"]
+            row["torch_forward_backward_over_numbaabn"] = tt["torch_forward_backward"] / ours
+    return row
+
+
+_FIRST_CALL = """
+import time
+t0 = time.perf_counter()
+import numpy as np
+import numbaabn
+t1 = time.perf_counter()
+x = np.random.default_rng(0).standard_normal((8, 64, 16, 16)).astype(np.float32)
+y, saved = numbaabn.inplace_abn_forward(x, np.ones(64, np.float32), np.zeros(64, np.float32))
+t2 = time.perf_counter()
+numbaabn.inplace_abn_backward(np.ones_like(x), saved)
+t3 = time.perf_counter()
+print(t1 - t0, t2 - t1, t3 - t2)
+"""
+
+
+def first_call_costs():
+    """Import, first forward and first backward, with a cold and then a warm cache
+    (fresh processes; NUMBA_CACHE_DIR pointed at a new folder)."""
+    out = {}
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        for label in ("cold", "warm"):
+            p = subprocess.run([sys.executable, "-c", _FIRST_CALL], env=env,
+                               capture_output=True, text=True, check=True)
+            imp, fwd, bwd = map(float, p.stdout.split())
+            out[label] = dict(import_s=imp, first_forward_s=fwd, first_backward_s=bwd,
+                              total_s=imp + fwd + bwd)
+    return out
+
+
+def run(rows=ROWS, layouts=("NCHW", "NHWC"), repeats=7, compare=True, first_call=True,
+        progress=True):
+    results = dict(machine=machine(), rows=[])
+    todo = [(s, d, f) for s, dts in rows for d in dts for f in layouts
+            if not (len(s) == 2 and f == "NHWC")]
+    from tqdm import tqdm
+    for shape, dtype, fmt in tqdm(todo, desc="bench", disable=not progress, leave=False):
+        results["rows"].append(bench_row(shape, dtype, fmt, repeats, compare))
+    results["dram_bandwidth_GBps"] = stream_bandwidth(1 << 30, repeats=3) / 1e9
+    if first_call:
+        results["first_call"] = first_call_costs()
+    return results
+
+
+def machine():
+    info = dict(cpus=os.cpu_count(), numba_threads=int(__import__("numba").get_num_threads()),
+                python=sys.version.split()[0], numpy=np.__version__,
+                numba=__import__("numba").__version__, numbaabn=numbaabn.__version__)
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next(line.split(":", 1)[1].strip() for line in f
+                               if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return info
+
+
+def table(results):
+    lines = [f"machine: {results['machine']}",
+             f"DRAM streaming bandwidth (1 GiB array): {results['dram_bandwidth_GBps']:.1f} GB/s",
+             "", f"{'shape':22} {'dtype':8} {'layout':6} {'GB/s*':>6} "
+             f"{'fwd-train':>16} {'fwd-eval':>16} {'bwd-train':>16} {'numpy':>6} "
+             f"{'torch f':>7} {'torch fb':>8}"]
+    for r in results["rows"]:
+        cells = []
+        for op in ("forward-train", "forward-eval", "backward-train"):
+            o = r[op]
+            t = o["seconds"]
+            cells.append(f"{t * 1e3:8.3f}ms {o['ratio_to_floor']:5.2f}x" if t >= 1e-3 else
+                         f"{t * 1e6:8.1f}us {o['ratio_to_floor']:5.2f}x")
+        opt = [f"{r[k]:6.1f}x" if k in r else "     -"
+               for k in ("numpy_over_numbaabn", "torch_forward_over_numbaabn",
+                         "torch_forward_backward_over_numbaabn")]
+        lines.append(f"{str(tuple(r['shape'])):22} {r['dtype']:8} {r['layout']:6} "
+                     f"{r['bandwidth_GBps']:6.1f} " + " ".join(cells) + " " + " ".join(opt))
+    lines += ["", "time and time/floor per operation; GB/s*: streaming bandwidth measured for "
+              "the row's size; numpy / torch f / torch fb: their time over numbaabn's "
+              "(forward+backward; torch f: forward only)"]
+    if "first_call" in results:
+        for k, v in results["first_call"].items():
+            lines.append(f"first call, {k} cache: import {v['import_s']:.2f} s, forward "
+                         f"{v['first_forward_s']:.2f} s, backward {v['first_backward_s']:.2f} s "
+                         f"(total {v['total_s']:.2f} s)")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="numbaabn bench", description=__doc__.split("\n")[0])
+    add_arguments(p)
+    return run_from_args(p.parse_args(argv))
+
+
+def add_arguments(p):
+    p.add_argument("--json", help="also write the results as JSON to this path")
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--quick", action="store_true", help="first shape only, no comparisons")
+    p.add_argument("--no-compare", action="store_true", help="skip NumPy and PyTorch")
+
+
+def run_from_args(args):
+    rows = ROWS[:1] if args.quick else ROWS
+    results = run(rows=rows, repeats=args.repeats, compare=not (args.no_compare or args.quick),
+                  first_call=not args.quick)
+    print(table(results))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
