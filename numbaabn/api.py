@@ -7,6 +7,7 @@ gradient, the parameters and the running statistics bit-for-bit unchanged.
 """
 import math
 import numbers
+import sys
 
 import numpy as np
 from numba import njit
@@ -46,11 +47,22 @@ def SIGNED_WEIGHT_MIN(dtype):
 # ---- backends ---------------------------------------------------------------------
 
 def _is_device(a):
-    return hasattr(a, "__cuda_array_interface__") and not isinstance(a, np.ndarray)
+    """A CUDA array: ``__cuda_array_interface__`` (or Numba's simulator arrays)."""
+    if a is None or isinstance(a, np.ndarray):
+        return False
+    if hasattr(a, "__cuda_array_interface__"):
+        return True
+    if "numba.cuda" not in sys.modules:  # only consulted once numba.cuda is in use
+        return False
+    from numba import cuda
+    if hasattr(cuda, "is_cuda_array"):
+        return bool(cuda.is_cuda_array(a))
+    return type(a).__name__ == "FakeCUDAArray"  # Numba's CUDA simulator
 
 
-def _backend_for(x, others, names):
-    """The backend module for ``x``; every other array must live where ``x`` lives."""
+def _backend_for(x, others, names, host_params=False):
+    """The backend module for ``x``; every other array must live where ``x`` lives
+    (``host_params``: layers keep NumPy state and accept device inputs)."""
     if isinstance(x, np.ndarray):
         for a, name in zip(others, names):
             if a is not None and not isinstance(a, np.ndarray):
@@ -60,7 +72,8 @@ def _backend_for(x, others, names):
         return cpu
     if _is_device(x):
         for a, name in zip(others, names):
-            if a is not None and not _is_device(a):
+            if a is not None and not _is_device(a) and not (host_params and
+                                                             isinstance(a, np.ndarray)):
                 raise TypeError(f"{name} must be a CUDA array like the input (got "
                                 f"{type(a).__name__}); host and device arrays cannot be mixed")
         from . import cuda
@@ -219,6 +232,8 @@ def _leaf_views(m, kind, k, first_only=False):
 
 def _views(arrays, c_axis, backend):
     """Canonical views of same-shaped ``arrays``: one list of views per array."""
+    if backend.IS_DEVICE:
+        return backend.views(arrays, c_axis)
     a = arrays[0]
     if all(b.flags.c_contiguous for b in arrays):  # the common case, without planning
         C = a.shape[c_axis]
@@ -239,7 +254,8 @@ class _Saved:
     forward wrote (in place: the output z; standard path: a copy of the input x)."""
     __slots__ = ("backend", "src", "shape", "dtype", "c_axis", "from_x",
                  "batch_stats", "count", "coef", "weight", "has_bias",
-                 "weight_mode", "act", "alpha", "ialpha", "lo", "hook", "channels_last")
+                 "weight_mode", "act", "alpha", "ialpha", "lo", "hook", "channels_last",
+                 "device_grads")
 
 
 @njit(**_config.jit_options(False))
@@ -274,6 +290,14 @@ def _fill_coefficients(mean, var, w, b, eps, abs_mode, in_place, batch_stats, co
     return True
 
 
+def _host(a):
+    """A host (NumPy) array for ``a``: ``a`` itself, or a copy of a device array."""
+    if a is None or isinstance(a, np.ndarray):
+        return a
+    from . import cuda
+    return cuda.to_host(a)
+
+
 def _hook(comm):
     """The allreduce hook of ``comm``, or None for local statistics."""
     return None if comm is None else mpi_sync.as_hook(comm)
@@ -296,17 +320,23 @@ _NO_RUNNING = {np.dtype(np.float32): np.zeros(0, np.float32),
 
 def _forward(x, weight, bias, running_mean, running_var, *, training, momentum, eps,
              activation, activation_param, data_format, use_global_stats, weight_mode,
-             comm, in_place):
+             comm, in_place, host_params=False):
     """Shared forward of the in-place and the standard path; returns (out, saved)."""
     # ---- validate everything; nothing is written in this section
     names = ("weight", "bias", "running_mean", "running_var")
     hook = _hook(comm)
     try:
-        backend = _backend_for(x, (weight, bias, running_mean, running_var), names)
+        backend = _backend_for(x, (weight, bias, running_mean, running_var), names,
+                               host_params)
+        caller_x = x  # in place, the caller's own object is returned
+        if backend.IS_DEVICE:  # a zero-copy Numba view of any CUDA array (CuPy, torch...)
+            x = backend.as_device(x)
         act, alpha = _activation(activation, activation_param, in_place)
         channels_last = _channels_last(data_format)
         _options(momentum, eps, weight_mode)
         _check_data(x, "input", writable=in_place)
+        if backend.IS_DEVICE:
+            backend.check_array(x, "input", in_place)
         c_axis = x.ndim - 1 if channels_last else 1
         C = x.shape[c_axis]
         pdtype = _param_dtype(x.dtype)
@@ -345,16 +375,16 @@ def _forward(x, weight, bias, running_mean, running_var, *, training, momentum, 
         var = m2 / count if count else np.zeros(C)
     else:
         count = x.size // C if C else 0
-        mean = np.asarray(running_mean, dtype=np.float64)
-        var = np.asarray(running_var, dtype=np.float64)
+        mean = np.asarray(_host(running_mean), dtype=np.float64)
+        var = np.asarray(_host(running_var), dtype=np.float64)
 
-    # ---- per-channel coefficients (and the check of the batch statistics)
-    w = None if weight is None else np.asarray(weight, dtype=np.float64)
-    b = np.zeros(C) if bias is None else np.asarray(bias, dtype=np.float64)
+    # ---- per-channel coefficients (and the check of the batch statistics), on the host
+    w = None if weight is None else np.asarray(_host(weight), dtype=np.float64)
+    b = np.zeros(C) if bias is None else np.asarray(_host(bias), dtype=np.float64)
     coef = np.zeros((9, C), dtype=cdtype)  # rows: see cpu.py
     abs_mode = weight_mode == "abs" and w is not None
-    rm_arg = running_mean if update else _NO_RUNNING[pdtype]
-    rv_arg = running_var if update else _NO_RUNNING[pdtype]
+    rm_arg = _host(running_mean) if update else _NO_RUNNING[pdtype]
+    rv_arg = _host(running_var) if update else _NO_RUNNING[pdtype]
     if not _fill_coefficients(mean, var, np.ones(C) if w is None else w, b, float(eps),
                               abs_mode, in_place, batch_stats, coef, update, float(momentum),
                               rm_arg, rv_arg):
@@ -364,11 +394,14 @@ def _forward(x, weight, bias, running_mean, running_var, *, training, momentum, 
 
     # ---- write
     if in_place:
-        out = src = x
+        out, src = caller_x, x
     else:
         src = backend.copy(x)
     a, ia, lo = _act_constants(alpha, cdtype)
     backend.forward(views, out_views, coef, act, a, ia, lo)
+    if update and _is_device(running_mean):  # running statistics live on the device
+        backend.as_device(running_mean).copy_to_device(rm_arg)
+        backend.as_device(running_var).copy_to_device(rv_arg)
 
     saved = _Saved()
     saved.backend, saved.src = backend, src
@@ -377,6 +410,7 @@ def _forward(x, weight, bias, running_mean, running_var, *, training, momentum, 
     saved.coef, saved.weight = coef, w
     saved.has_bias, saved.weight_mode, saved.hook = bias is not None, weight_mode, hook
     saved.channels_last = channels_last
+    saved.device_grads = backend.IS_DEVICE and not host_params
     saved.act, saved.alpha, saved.ialpha, saved.lo = act, a, ia, lo
     return out, saved
 
@@ -397,6 +431,9 @@ def _backward(dz, saved, in_place):
         if _is_device(dz) != backend.IS_DEVICE:
             raise TypeError("dz must live where the forward's input lived; host and device "
                             "arrays cannot be mixed")
+        caller_dz = dz
+        if backend.IS_DEVICE:  # zero-copy Numba view (CuPy, torch, ...)
+            dz = backend.as_device(dz)
         if tuple(dz.shape) != saved.shape:
             raise ValueError(f"dz has shape {tuple(dz.shape)} but the forward's input had shape "
                              f"{saved.shape}")
@@ -404,6 +441,8 @@ def _backward(dz, saved, in_place):
             raise TypeError(f"dz has dtype {dz.dtype} but the forward's input had dtype "
                             f"{saved.dtype}")
         _check_data(dz, "dz", writable=in_place)
+        if backend.IS_DEVICE:
+            backend.check_array(dz, "dz", in_place)
         src = saved.src
         if in_place and isinstance(dz, np.ndarray) and dz is not src and \
                 np.may_share_memory(dz, src) and not (
@@ -431,7 +470,7 @@ def _backward(dz, saved, in_place):
 
     # ---- reduce, synchronize, apply
     if in_place:
-        out = dz
+        out = caller_dz if backend.IS_DEVICE else dz
         src_views, dz_views = _views([src, dz], saved.c_axis, backend)
         out_views = dz_views
     else:
@@ -461,6 +500,9 @@ def _backward(dz, saved, in_place):
         dweight = s2.astype(pdtype)
     if saved.has_bias:
         dbias = local[0].astype(pdtype)
+    if saved.device_grads:  # functional API on device arrays: gradients on the device
+        dweight = None if dweight is None else backend.from_host(dweight)
+        dbias = None if dbias is None else backend.from_host(dbias)
     return out, dweight, dbias
 
 
@@ -666,7 +708,7 @@ class InPlaceABN:
             momentum=self.momentum, eps=self.eps, activation=self.activation,
             activation_param=self.activation_param, data_format=self.data_format,
             use_global_stats=self.use_global_stats, weight_mode=self._mode(),
-            comm=self.comm, in_place=self._in_place)
+            comm=self.comm, in_place=self._in_place, host_params=True)
         return out
 
     __call__ = forward

@@ -11,9 +11,12 @@ operation           what runs                                   floor (bytes)
 forward-train       statistics + forward, in place              3 x input bytes
 forward-eval        forward with running statistics, in place   2 x input bytes
 backward-train      backward_reduce + backward_train, in place  5 x input bytes
+fused-eval          ``layer.fuse()`` inference layer, in place   2 x input bytes
 ==================  ==========================================  ==================
 
-``floor = bytes / bandwidth``; the ratio column is ``time / floor``. The bandwidth
+``floor = bytes / bandwidth``; the ratio column is ``time / floor``; the bandwidth
+is the best of measurements taken before and after the row's timings (this
+machine is shared and noisy: the best is the honest, strict floor). The bandwidth
 is measured per size because caches make it size-dependent (a 51 MB tensor lives in
 a 300 MB L3 on some machines): the floor of each row is what a copy-like kernel
 achieves on data of that size here and now. Optional columns, measured side by
@@ -40,7 +43,7 @@ ROWS = [((32, 128, 56, 56), ("float32", "float16", "float64")),
         ((64, 3, 224, 224), ("float32",)),
         ((64, 2048, 7, 7), ("float32",)),
         ((8, 64, 8, 8), ("float32",))]
-PASSES = {"forward-train": 3, "forward-eval": 2, "backward-train": 5}
+PASSES = {"forward-train": 3, "forward-eval": 2, "backward-train": 5, "fused-eval": 2}
 
 
 @njit(parallel=True, nogil=True, cache=True)
@@ -149,10 +152,14 @@ def bench_row(shape, dtype, fmt, repeats=7, compare=True):
     t["forward-eval"] = _median_time(
         lambda: numbaabn.inplace_abn_forward(x, w, b, rm, rv, training=False, **kw),
         lambda: np.copyto(x, x0), repeats)
+    fused = numbaabn.InPlaceABN(C, data_format=data_format,
+                                dtype="float64" if dtype == "float64" else "float32").fuse()
+    t["fused-eval"] = _median_time(lambda: fused(x), lambda: np.copyto(x, x0), repeats)
     np.copyto(x, x0)
     _, saved = numbaabn.inplace_abn_forward(x, w, b, rm, rv, training=True, **kw)
     t["backward-train"] = _median_time(lambda: numbaabn.inplace_abn_backward(dz, saved),
                                        lambda: np.copyto(dz, dz0), repeats)
+    bw = max(bw, stream_bandwidth(x0.nbytes))  # best of before and after: the strict floor
     row = dict(shape=list(shape), dtype=dtype, layout=fmt, bytes=int(x0.nbytes),
                bandwidth_GBps=bw / 1e9, elements=int(x0.size))
     for op, sec in t.items():
@@ -233,11 +240,12 @@ def table(results):
     lines = [f"machine: {results['machine']}",
              f"DRAM streaming bandwidth (1 GiB array): {results['dram_bandwidth_GBps']:.1f} GB/s",
              "", f"{'shape':22} {'dtype':8} {'layout':6} {'GB/s*':>6} "
-             f"{'fwd-train':>16} {'fwd-eval':>16} {'bwd-train':>16} {'numpy':>6} "
+             f"{'fwd-train':>16} {'fwd-eval':>16} {'bwd-train':>16} {'fused-eval':>16} "
+             f"{'numpy':>6} "
              f"{'torch f':>7} {'torch fb':>8}"]
     for r in results["rows"]:
         cells = []
-        for op in ("forward-train", "forward-eval", "backward-train"):
+        for op in ("forward-train", "forward-eval", "backward-train", "fused-eval"):
             o = r[op]
             t = o["seconds"]
             cells.append(f"{t * 1e3:8.3f}ms {o['ratio_to_floor']:5.2f}x" if t >= 1e-3 else

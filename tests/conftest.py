@@ -6,6 +6,8 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+collect_ignore = ["cuda"]  # run by test_cuda.py in its own process (simulator or GPU)
+
 # Documented tolerances (README "Numerics"): error relative to the largest magnitude of
 # the reference output. float16 forward: within one float16 ulp of the rounded
 # reference; float16 backward recovers y from the float16 output z, so it inherits
