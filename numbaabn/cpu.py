@@ -149,6 +149,24 @@ def _grad(sv, dv, h, g, e, a, from_x):
 # for negative indices, which kept LLVM from vectorizing (5x slower).
 
 @_inline
+def _fold_cf(part, per, out):
+    """Add the per-item partial sums of a channels-first walk into out (2, C)."""
+    for c in range(out.shape[1]):
+        for j in range(c * per, (c + 1) * per):
+            out[0, c] += part[j, 0]
+            out[1, c] += part[j, 1]
+
+
+@_inline
+def _fold_cl(part, out):
+    """Add the per-row-block partial sums of a channels-last walk into out (2, C)."""
+    for jm in range(part.shape[0]):
+        for c in range(out.shape[1]):
+            out[0, c] += part[jm, 0, c]
+            out[1, c] += part[jm, 1, c]
+
+
+@_inline
 def _finalize(shift, count, out):
     """Shifted sums -> (mean, M2) in place: out[0] = mean, out[1] = M2."""
     for c in range(shift.shape[0]):
@@ -183,10 +201,7 @@ def _statistics_cf(x, shift, init, final, count, part, nbn, nbs, out):
                 a2 += d * d
         part[t, 0] = a1
         part[t, 1] = a2
-    for c in range(C):
-        for j in range(c * per, (c + 1) * per):
-            out[0, c] += part[j, 0]
-            out[1, c] += part[j, 1]
+    _fold_cf(part, per, out)
     if final:
         _finalize(shift, count, out)
 
@@ -227,10 +242,7 @@ def _backward_reduce_cf(src, dz, coef, a, ia, lo, from_x, part, nbn, nbs, out):
                 a2 += np.float64(gr) * np.float64(xh)
         part[t, 0] = a1
         part[t, 1] = a2
-    for c in range(C):
-        for j in range(c * per, (c + 1) * per):
-            out[0, c] += part[j, 0]
-            out[1, c] += part[j, 1]
+    _fold_cf(part, per, out)
 
 
 def _backward_apply_cf(src, dz, dx, inplace, coef, a, ia, lo, from_x, train, nbn, nbs):
@@ -274,10 +286,7 @@ def _statistics_cl(x, shift, init, final, count, part, nbm, nbc, out):
                 d = np.float64(load(xr[c])) - k[c]
                 p1[c] += d
                 p2[c] += d * d
-    for jm in range(nbm):
-        for c in range(C):
-            out[0, c] += part[jm, 0, c]
-            out[1, c] += part[jm, 1, c]
+    _fold_cl(part, out)
     if final:
         _finalize(shift, count, out)
 
@@ -321,10 +330,7 @@ def _backward_reduce_cl(src, dz, coef, a, ia, lo, from_x, part, nbm, nbc, out):
                                            k[c], f[c], a, ia, lo, from_x)
                 p1[c] += np.float64(gr)
                 p2[c] += np.float64(gr) * np.float64(xh)
-    for jm in range(nbm):
-        for c in range(C):
-            out[0, c] += part[jm, 0, c]
-            out[1, c] += part[jm, 1, c]
+    _fold_cl(part, out)
 
 
 def _backward_apply_cl(src, dz, dx, inplace, coef, a, ia, lo, from_x, train, nbm, nbc):
