@@ -255,7 +255,7 @@ class _Saved:
     __slots__ = ("backend", "src", "shape", "dtype", "c_axis", "from_x",
                  "batch_stats", "count", "coef", "weight", "has_bias",
                  "weight_mode", "act", "alpha", "ialpha", "lo", "hook", "channels_last",
-                 "device_grads")
+                 "device_grads", "stream")
 
 
 @njit(**_config.jit_options(False))
@@ -320,7 +320,7 @@ _NO_RUNNING = {np.dtype(np.float32): np.zeros(0, np.float32),
 
 def _forward(x, weight, bias, running_mean, running_var, *, training, momentum, eps,
              activation, activation_param, data_format, use_global_stats, weight_mode,
-             comm, in_place, host_params=False):
+             comm, in_place, host_params=False, stream=None):
     """Shared forward of the in-place and the standard path; returns (out, saved)."""
     # ---- validate everything; nothing is written in this section
     names = ("weight", "bias", "running_mean", "running_var")
@@ -354,7 +354,7 @@ def _forward(x, weight, bias, running_mean, running_var, *, training, momentum, 
         if in_place:
             views = out_views = _views([x], c_axis, backend)[0]
         else:
-            out = backend.empty_like(x)
+            out = backend.empty_like(x, stream=stream)
             views, out_views = _views([x, out], c_axis, backend)
     except Exception:
         if hook is not None:  # the other workers must not wait for this one
@@ -365,7 +365,7 @@ def _forward(x, weight, bias, running_mean, running_var, *, training, momentum, 
 
     # ---- statistics (read-only pass), merged across workers when synchronized
     if batch_stats:
-        count, mean, m2 = backend.statistics(views, C)
+        count, mean, m2 = backend.statistics(views, C, stream=stream)
         if hook is not None:
             count, mean, m2 = mpi_sync.merge_statistics(hook, count, mean, m2)
         if training and count <= 1:
@@ -396,12 +396,12 @@ def _forward(x, weight, bias, running_mean, running_var, *, training, momentum, 
     if in_place:
         out, src = caller_x, x
     else:
-        src = backend.copy(x)
+        src = backend.copy(x, stream=stream)
     a, ia, lo = _act_constants(alpha, cdtype)
-    backend.forward(views, out_views, coef, act, a, ia, lo)
+    backend.forward(views, out_views, coef, act, a, ia, lo, stream=stream)
     if update and _is_device(running_mean):  # running statistics live on the device
-        backend.as_device(running_mean).copy_to_device(rm_arg)
-        backend.as_device(running_var).copy_to_device(rv_arg)
+        backend.as_device(running_mean).copy_to_device(rm_arg, stream=backend._s(stream))
+        backend.as_device(running_var).copy_to_device(rv_arg, stream=backend._s(stream))
 
     saved = _Saved()
     saved.backend, saved.src = backend, src
@@ -411,11 +411,12 @@ def _forward(x, weight, bias, running_mean, running_var, *, training, momentum, 
     saved.has_bias, saved.weight_mode, saved.hook = bias is not None, weight_mode, hook
     saved.channels_last = channels_last
     saved.device_grads = backend.IS_DEVICE and not host_params
+    saved.stream = stream
     saved.act, saved.alpha, saved.ialpha, saved.lo = act, a, ia, lo
     return out, saved
 
 
-def _backward(dz, saved, in_place):
+def _backward(dz, saved, in_place, stream=None):
     """Shared backward; writes dx over dz (in place) or into a new array."""
     if saved is None:
         raise RuntimeError("backward called without a forward: pass the saved record that "
@@ -469,15 +470,17 @@ def _backward(dz, saved, in_place):
                                   saved.channels_last, saved.batch_stats)
 
     # ---- reduce, synchronize, apply
+    stream = saved.stream if stream is None else stream
     if in_place:
         out = caller_dz if backend.IS_DEVICE else dz
         src_views, dz_views = _views([src, dz], saved.c_axis, backend)
         out_views = dz_views
     else:
-        out = backend.empty_like(dz)
+        out = backend.empty_like(dz, stream=stream)
         src_views, dz_views, out_views = _views([src, dz, out], saved.c_axis, backend)
     coef, act, a, ia, lo = saved.coef.copy(), saved.act, saved.alpha, saved.ialpha, saved.lo
-    local = backend.backward_reduce(src_views, dz_views, coef, act, a, ia, lo, saved.from_x)
+    local = backend.backward_reduce(src_views, dz_views, coef, act, a, ia, lo, saved.from_x,
+                                    stream=stream)
     sums = local
     if saved.batch_stats and hook is not None:
         sums = mpi_sync.allreduce_sum(hook, local)
@@ -488,10 +491,10 @@ def _backward(dz, saved, in_place):
         coef[5] = -A * sums[1] / M
         coef[6] = -A * sums[0] / M
         backend.backward_train(src_views, dz_views, out_views, coef, act, a, ia, lo,
-                               saved.from_x)
+                               saved.from_x, stream=stream)
     else:
         backend.backward_eval(src_views, dz_views, out_views, coef, act, a, ia, lo,
-                              saved.from_x)
+                              saved.from_x, stream=stream)
 
     pdtype = _param_dtype(saved.dtype)
     dweight = dbias = None
@@ -540,12 +543,12 @@ _SHAPE = """
 def inplace_abn_forward(x, weight=None, bias=None, running_mean=None, running_var=None, *,
                         training=True, momentum=0.9, eps=1e-5, activation="leaky_relu",
                         activation_param=None, data_format="NCHW", use_global_stats=False,
-                        weight_mode="abs", comm=None):
+                        weight_mode="abs", comm=None, stream=None):
     return _forward(x, weight, bias, running_mean, running_var, training=training,
                     momentum=momentum, eps=eps, activation=activation,
                     activation_param=activation_param, data_format=data_format,
                     use_global_stats=use_global_stats, weight_mode=weight_mode, comm=comm,
-                    in_place=True)
+                    in_place=True, stream=stream)
 
 
 inplace_abn_forward.__doc__ = """In-place activated batch normalization, forward: ``x <- act(BN(x))``.
@@ -567,6 +570,9 @@ inplace_abn_forward.__doc__ = """In-place activated batch normalization, forward
         invertible) or ``"signed"`` (``s = w``: exact BatchNorm, as PaddlePaddle)
     comm : None, an ``mpi4py`` communicator or an allreduce hook (see ``mpi_sync``):
         statistics of the whole batch across workers
+    stream : a ``numba.cuda`` stream for CUDA arrays (None: the default stream);
+        kernels and copies are queued on it; the O(C) results the host needs are
+        synchronized. Ignored for NumPy arrays.
 
     Returns
     -------
@@ -582,7 +588,7 @@ inplace_abn_forward.__doc__ = """In-place activated batch normalization, forward
 """
 
 
-def inplace_abn_backward(dz, saved):
+def inplace_abn_backward(dz, saved, stream=None):
     """In-place activated batch normalization, backward: ``dz <- dL/dx``.
 
     Recovers ``y = act⁻¹(z)``, ``g = dL/dy`` and ``x̂ = (y - b) / s`` from the
@@ -598,6 +604,7 @@ def inplace_abn_backward(dz, saved):
     ----------
     dz : array shaped and typed like the forward's input, written in place
     saved : the record returned by :func:`inplace_abn_forward`
+    stream : CUDA stream (None: the forward's)
 
     Returns
     -------
@@ -611,7 +618,7 @@ def inplace_abn_backward(dz, saved):
         weights with ``|w| < SIGNED_WEIGHT_MIN(dtype)`` (named, before any write)
     TypeError : ``dz`` of another dtype, or on another device
     """
-    return _backward(dz, saved, in_place=True)
+    return _backward(dz, saved, in_place=True, stream=stream)
 
 
 def inplace_abn(x, weight=None, bias=None, running_mean=None, running_var=None, **kwargs):

@@ -9,6 +9,7 @@ same names):
 ``backward_train``   ``dx = P g + Q x̂ + R``                                (reads src, dz, writes dx)
 ``backward_eval``    ``dx = P g``                                          (reads src, dz, writes dx)
 
+Every primitive takes ``stream=None`` (CUDA streams; ignored on the CPU).
 The synchronization hooks of ``mpi_sync.py`` slot in between ``statistics`` and
 ``forward`` and between ``backward_reduce`` and ``backward_train``.
 
@@ -475,15 +476,15 @@ def _partials(kind, shape, nb):
 IS_DEVICE = False
 
 
-def empty_like(a):
+def empty_like(a, stream=None):
     return np.empty_like(a)
 
 
-def copy(a):
+def copy(a, stream=None):
     return a.copy()
 
 
-def statistics(views, C):
+def statistics(views, C, stream=None):
     """Per-channel count, mean and M2 (sum of squared deviations), float64 (C,).
 
     Sums are shifted by the channel's first element, which keeps the variance
@@ -502,7 +503,7 @@ def statistics(views, C):
     return count, sums[0], sums[1]
 
 
-def forward(views, outs, coef, act, a, ia, lo):
+def forward(views, outs, coef, act, a, ia, lo, stream=None):
     """``out = act((x - h) * g + e)``; ``outs`` may be ``views`` (in place)."""
     target = _threads(_size(views))
     fam = _scalar.FAMILY[act]
@@ -511,7 +512,7 @@ def forward(views, outs, coef, act, a, ia, lo):
              nb[1])
 
 
-def backward_reduce(srcs, dzs, coef, act, a, ia, lo, from_x):
+def backward_reduce(srcs, dzs, coef, act, a, ia, lo, from_x, stream=None):
     """Per-channel ``S1 = Σ g`` and ``S2 = Σ g x̂`` in float64, shape (2, C)."""
     sums = np.zeros((2, coef.shape[1]))
     target = _threads(_size(srcs))
@@ -530,11 +531,11 @@ def _backward_apply(srcs, dzs, dxs, coef, act, a, ia, lo, from_x, train):
              from_x, train, nb[0], nb[1])
 
 
-def backward_train(srcs, dzs, dxs, coef, act, a, ia, lo, from_x):
+def backward_train(srcs, dzs, dxs, coef, act, a, ia, lo, from_x, stream=None):
     """``dx = P g + Q x̂ + R``; ``dxs`` may be ``dzs`` (in place)."""
     _backward_apply(srcs, dzs, dxs, coef, act, a, ia, lo, from_x, True)
 
 
-def backward_eval(srcs, dzs, dxs, coef, act, a, ia, lo, from_x):
+def backward_eval(srcs, dzs, dxs, coef, act, a, ia, lo, from_x, stream=None):
     """``dx = P g`` (statistics were constants); ``dxs`` may be ``dzs``."""
     _backward_apply(srcs, dzs, dxs, coef, act, a, ia, lo, from_x, False)

@@ -220,16 +220,28 @@ def compute_dtype(dtype):
     return np.float64 if np.dtype(dtype) == np.float64 else np.float32
 
 
-def empty_like(a):
-    d = as_device(a)
-    return cuda.device_array(d.shape, dtype=d.dtype)
+def _s(stream):
+    return 0 if stream is None else stream
 
 
-def copy(a):
+def empty_like(a, stream=None):
     d = as_device(a)
-    out = cuda.device_array(d.shape, dtype=d.dtype)
-    out.copy_to_device(d)
+    return cuda.device_array(d.shape, dtype=d.dtype, stream=_s(stream))
+
+
+def copy(a, stream=None):
+    d = as_device(a)
+    out = cuda.device_array(d.shape, dtype=d.dtype, stream=_s(stream))
+    out.copy_to_device(d, stream=_s(stream))
     return out
+
+
+def _to_host(d, stream):
+    """Device -> host, complete on return (synchronizes ``stream``)."""
+    h = d.copy_to_host(stream=_s(stream))
+    if stream is not None:
+        stream.synchronize()
+    return h
 
 
 def to_host(a):
@@ -266,70 +278,76 @@ def _grid(n):
     return max(1, min(MAX_BLOCKS, (n + THREADS - 1) // THREADS))
 
 
-def _reduce(mode, x, dz, C, S, shift, coef, act, a, ia, lo, from_x):
+def _reduce(mode, x, dz, C, S, shift, coef, act, a, ia, lo, from_x, stream):
     rows = x.size // (C * S) if C and S else 0
     if S > 1:  # channels first
         chunks = max(1, min(64, (rows * S) // (THREADS * 8) or 1))
-        part = cuda.device_array((C, chunks, 2), dtype=np.float64)
-        _reduce_cf[(chunks, C), THREADS](mode, x, dz, rows, C, S, shift, coef, act, a, ia,
+        part = cuda.device_array((C, chunks, 2), dtype=np.float64, stream=_s(stream))
+        _reduce_cf[(chunks, C), THREADS, _s(stream)](mode, x, dz, rows, C, S, shift, coef, act, a, ia,
                                           lo, from_x, part)
     else:  # channels last: blocks of TILE channels x (THREADS // TILE) rows
         tw = min(TILE, THREADS)
         th = max(1, THREADS // tw)
         chunks = max(1, min(64, rows // (th * 8) or 1))
-        part = cuda.device_array((C, chunks, 2), dtype=np.float64)
-        _reduce_cl[((C + tw - 1) // tw, chunks), (tw, th)](mode, x, dz, rows, C, shift, coef,
+        part = cuda.device_array((C, chunks, 2), dtype=np.float64, stream=_s(stream))
+        _reduce_cl[((C + tw - 1) // tw, chunks), (tw, th), _s(stream)](mode, x, dz, rows, C, shift, coef,
                                                           act, a, ia, lo, from_x, part)
-    return part.copy_to_host().sum(axis=1)  # (C, 2), staged through host memory
+    return _to_host(part, stream).sum(axis=1)  # (C, 2), staged through host memory
 
 
-def statistics(vs, C):
+def statistics(vs, C, stream=None):
     """Per-channel count, mean and M2 (float64 host arrays), as ``cpu.statistics``."""
     (x, _, S), = vs
     count = x.size // C if C else 0
     if count == 0:
         return 0, np.zeros(C), np.zeros(C)
-    first = cuda.device_array(C, dtype=x.dtype)
-    _first_kernel[(C + THREADS - 1) // THREADS, THREADS](x, C, S, first)
-    shift = first.copy_to_host().astype(np.float64)
+    st = _s(stream)
+    first = cuda.device_array(C, dtype=x.dtype, stream=st)
+    _first_kernel[(C + THREADS - 1) // THREADS, THREADS, st](x, C, S, first)
+    shift = _to_host(first, stream).astype(np.float64)
     shift[~np.isfinite(shift)] = 0.0
     dummy = np.zeros((9, 1), np.float32)
-    sums = _reduce(0, x, x, C, S, cuda.to_device(shift), cuda.to_device(dummy), 0,
-                   np.float32(1), np.float32(1), np.float32(-1), False)
+    sums = _reduce(0, x, x, C, S, cuda.to_device(shift, stream=st),
+                   cuda.to_device(dummy, stream=st), 0, np.float32(1), np.float32(1),
+                   np.float32(-1), False, stream)
     with np.errstate(invalid="ignore"):
         m = sums[:, 0] / count
         return count, shift + m, np.maximum(sums[:, 1] - sums[:, 0] * m, 0.0)
 
 
-def forward(vs, outs, coef, act, a, ia, lo):
+def forward(vs, outs, coef, act, a, ia, lo, stream=None):
     (x, C, S), = vs
     (o, _, _), = outs
     if x.size:
-        _forward_kernel[_grid(x.size), THREADS](x, o, C, S, cuda.to_device(coef), act, a)
+        st = _s(stream)
+        _forward_kernel[_grid(x.size), THREADS, st](x, o, C, S,
+                                                     cuda.to_device(coef, stream=st), act, a)
 
 
-def backward_reduce(srcs, dzs, coef, act, a, ia, lo, from_x):
+def backward_reduce(srcs, dzs, coef, act, a, ia, lo, from_x, stream=None):
     (s, C, S), = srcs
     (d, _, _), = dzs
     if s.size == 0:
         return np.zeros((2, C))
-    sums = _reduce(1, s, d, C, S, cuda.to_device(np.zeros(C)), cuda.to_device(coef), act, a,
-                   ia, lo, from_x)
+    st = _s(stream)
+    sums = _reduce(1, s, d, C, S, cuda.to_device(np.zeros(C), stream=st),
+                   cuda.to_device(coef, stream=st), act, a, ia, lo, from_x, stream)
     return np.ascontiguousarray(sums.T)
 
 
-def _apply(srcs, dzs, dxs, coef, act, a, ia, lo, from_x, train):
+def _apply(srcs, dzs, dxs, coef, act, a, ia, lo, from_x, train, stream):
     (s, C, S), = srcs
     (d, _, _), = dzs
     (o, _, _), = dxs
     if s.size:
-        _backward_apply_kernel[_grid(s.size), THREADS](s, d, o, C, S, cuda.to_device(coef),
-                                                        act, a, ia, lo, from_x, train)
+        st = _s(stream)
+        _backward_apply_kernel[_grid(s.size), THREADS, st](
+            s, d, o, C, S, cuda.to_device(coef, stream=st), act, a, ia, lo, from_x, train)
 
 
-def backward_train(srcs, dzs, dxs, coef, act, a, ia, lo, from_x):
-    _apply(srcs, dzs, dxs, coef, act, a, ia, lo, from_x, True)
+def backward_train(srcs, dzs, dxs, coef, act, a, ia, lo, from_x, stream=None):
+    _apply(srcs, dzs, dxs, coef, act, a, ia, lo, from_x, True, stream)
 
 
-def backward_eval(srcs, dzs, dxs, coef, act, a, ia, lo, from_x):
-    _apply(srcs, dzs, dxs, coef, act, a, ia, lo, from_x, False)
+def backward_eval(srcs, dzs, dxs, coef, act, a, ia, lo, from_x, stream=None):
+    _apply(srcs, dzs, dxs, coef, act, a, ia, lo, from_x, False, stream)

@@ -94,3 +94,18 @@ def test_device_errors_leave_arrays_unchanged(rng):
     y, saved = numbaabn.inplace_abn_forward(cuda.to_device(np.ones((2, 3), np.float32) * [[1], [2]]))
     with pytest.raises(TypeError, match="host and device"):
         numbaabn.inplace_abn_backward(np.ones((2, 3), np.float32), saved)
+
+
+def test_stream_argument(rng):
+    """Kernels and copies queued on a user stream give the same results."""
+    x0 = rng.standard_normal((3, 4, 6)).astype(np.float32)
+    dz0 = rng.standard_normal(x0.shape).astype(np.float32)
+    stream = cuda.stream()
+    a, b = cuda.to_device(x0, stream=stream), cuda.to_device(x0)
+    ya, saved_a = numbaabn.inplace_abn_forward(a, activation="elu", stream=stream)
+    yb, saved_b = numbaabn.inplace_abn_forward(b, activation="elu")
+    da, _, _ = numbaabn.inplace_abn_backward(cuda.to_device(dz0, stream=stream), saved_a)
+    db, _, _ = numbaabn.inplace_abn_backward(cuda.to_device(dz0), saved_b)
+    stream.synchronize()
+    np.testing.assert_array_equal(ya.copy_to_host(), yb.copy_to_host())
+    np.testing.assert_array_equal(da.copy_to_host(), db.copy_to_host())

@@ -1,0 +1,131 @@
+"""CUDA benchmark against the device's copy bandwidth (run on a machine with a GPU).
+
+    python benchmarks/bench_cuda.py [--shape 64 256 56 56] [--repeats 20] [--json out.json]
+
+Forward-train, forward-eval and backward-train for float32 and float16, both layouts:
+median time (CUDA events), effective GB/s, and the ratio to the floor, where the floor
+is bytes moved (3x / 2x / 5x the input, as in the CPU benchmark) divided by the
+device's copy bandwidth measured in the same run (a device-to-device copy of the
+input's size: 2x its bytes per copy). Beside it, PyTorch BatchNorm2d + LeakyReLU on
+the same device when torch with CUDA is available. Under NUMBA_ENABLE_CUDASIM=1 it
+runs (slowly, with tiny shapes) only to check that it works.
+"""
+import argparse
+import json
+
+import numpy as np
+from numba import cuda
+
+import numbaabn
+
+PASSES = {"forward-train": 3, "forward-eval": 2, "backward-train": 5}
+
+
+def timed(fn, prepare, repeats):
+    times = []
+    for i in range(repeats + 2):
+        prepare()
+        start, end = cuda.event(), cuda.event()
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        if i >= 2:
+            times.append(start.elapsed_time(end) / 1e3)  # milliseconds -> seconds
+    return float(np.median(times))
+
+
+def copy_bandwidth(nbytes, repeats):
+    a = cuda.device_array(nbytes // 4, dtype=np.float32)
+    b = cuda.device_array(nbytes // 4, dtype=np.float32)
+    t = timed(lambda: b.copy_to_device(a), lambda: None, repeats)
+    return 2 * a.nbytes / t
+
+
+def torch_times(x0, dz0, fmt, repeats):
+    try:
+        import torch
+        if not torch.cuda.is_available():
+            return None
+    except ImportError:
+        return None
+    dt = torch.float16 if x0.dtype == np.float16 else torch.float32
+    C = x0.shape[-1] if fmt == "NHWC" else x0.shape[1]
+    bn = torch.nn.BatchNorm2d(C).cuda().to(dt)
+    act = torch.nn.LeakyReLU(0.01, inplace=True)
+    src = np.moveaxis(x0, -1, 1) if fmt == "NHWC" else x0
+    mf = torch.channels_last if fmt == "NHWC" else torch.contiguous_format
+    xt = torch.from_numpy(np.ascontiguousarray(src)).cuda().contiguous(memory_format=mf)
+    dzt = torch.from_numpy(np.ascontiguousarray(
+        np.moveaxis(dz0, -1, 1) if fmt == "NHWC" else dz0)).cuda().contiguous(memory_format=mf)
+
+    def fwd():
+        with torch.no_grad():
+            act(bn(xt))
+
+    def fwd_bwd():
+        xg = xt.detach().requires_grad_(True)
+        act(bn(xg)).backward(dzt)
+
+    return {"torch_forward": timed(fwd, lambda: None, repeats),
+            "torch_forward_backward": timed(fwd_bwd, lambda: None, repeats)}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--shape", type=int, nargs=4, default=[64, 256, 56, 56])
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--json")
+    args = p.parse_args()
+    rows = []
+    for dtype in (np.float32, np.float16):
+        for fmt in ("NCHW", "NHWC"):
+            N, C, H, W = args.shape
+            shape = (N, C, H, W) if fmt == "NCHW" else (N, H, W, C)
+            rng = np.random.default_rng(0)
+            x0 = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
+            dz0 = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
+            x, dz = cuda.to_device(x0), cuda.to_device(dz0)
+            x0d, dz0d = cuda.to_device(x0), cuda.to_device(dz0)
+            w = cuda.to_device(np.ones(C, np.float32))
+            b = cuda.to_device(np.zeros(C, np.float32))
+            rm = cuda.to_device(np.zeros(C, np.float32))
+            rv = cuda.to_device(np.ones(C, np.float32))
+            kw = dict(activation="leaky_relu", data_format=fmt)
+            bw = copy_bandwidth(x0.nbytes, args.repeats)
+            t = {"forward-train": timed(
+                    lambda: numbaabn.inplace_abn_forward(x, w, b, rm, rv, training=True, **kw),
+                    lambda: x.copy_to_device(x0d), args.repeats),
+                 "forward-eval": timed(
+                    lambda: numbaabn.inplace_abn_forward(x, w, b, rm, rv, training=False, **kw),
+                    lambda: x.copy_to_device(x0d), args.repeats)}
+            x.copy_to_device(x0d)
+            _, saved = numbaabn.inplace_abn_forward(x, w, b, rm, rv, training=True, **kw)
+            t["backward-train"] = timed(lambda: numbaabn.inplace_abn_backward(dz, saved),
+                                        lambda: dz.copy_to_device(dz0d), args.repeats)
+            row = dict(shape=list(shape), dtype=np.dtype(dtype).name, layout=fmt,
+                       copy_GBps=bw / 1e9)
+            for op, sec in t.items():
+                floor = PASSES[op] * x0.nbytes / bw
+                row[op] = dict(seconds=sec, GBps=PASSES[op] * x0.nbytes / sec / 1e9,
+                               ratio_to_floor=sec / floor)
+            tt = torch_times(x0, dz0, fmt, args.repeats)
+            if tt:
+                row["torch_forward_over_numbaabn"] = tt["torch_forward"] / t["forward-train"]
+                row["torch_forward_backward_over_numbaabn"] = (
+                    tt["torch_forward_backward"] / (t["forward-train"] + t["backward-train"]))
+            rows.append(row)
+            print(f"{str(tuple(shape)):22} {row['dtype']:8} {fmt:5} copy {bw / 1e9:7.1f} GB/s  "
+                  + "  ".join(f"{op} {row[op]['seconds'] * 1e3:8.3f} ms "
+                              f"{row[op]['GBps']:7.1f} GB/s {row[op]['ratio_to_floor']:5.2f}x"
+                              for op in PASSES)
+                  + ("  torch fwd {:.2f}x fwd+bwd {:.2f}x".format(
+                      row["torch_forward_over_numbaabn"],
+                      row["torch_forward_backward_over_numbaabn"]) if tt else ""))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
