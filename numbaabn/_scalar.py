@@ -21,6 +21,8 @@ targets where a uniform branch is free, such as CUDA).
 """
 import math
 
+import numpy as np
+
 IDENTITY, LEAKY_RELU, ELU, RELU = 0, 1, 2, 3
 FAMILY = {IDENTITY: "leaky", LEAKY_RELU: "leaky", ELU: "elu", RELU: "relu"}
 
@@ -111,61 +113,39 @@ def act_grad_from_input(y, dz, act, a):
 
 # ---- float16 storage on the CPU (Numba's CPU target has no float16 type) ----------
 # Exact IEEE binary16 <-> binary32 conversion on bit patterns, round-to-nearest-even,
-# NaN payloads kept as NumPy keeps them.
+# NaN payloads kept as NumPy keeps them. Each case is a cheap expression (no loops,
+# no early returns), so the compiler turns the cases into selects.
 
 def half_bits_to_float(h):
+    """float16 bit pattern -> float32 value."""
     h = h & 0xFFFF
+    em = h & 0x7FFF
     sign = (h & 0x8000) << 16
-    e = (h >> 10) & 0x1F
-    m = h & 0x3FF
-    if e == 0x1F:
-        bits = sign | 0x7F800000 | (m << 13)
-    elif e != 0:
-        bits = sign | ((e + 112) << 23) | (m << 13)
-    elif m == 0:
-        bits = sign
-    else:  # subnormal: shift the significand up to bit 10 (no loop: IR-inlinable)
-        s = 0
-        if (m & 0x7E0) == 0:
-            m <<= 6
-            s += 6
-        if (m & 0x780) == 0:
-            m <<= 4
-            s += 4
-        if (m & 0x600) == 0:
-            m <<= 2
-            s += 2
-        if (m & 0x400) == 0:
-            m <<= 1
-            s += 1
-        bits = sign | ((113 - s) << 23) | ((m & 0x3FF) << 13)
-    return bits
+    if em >= 0x7C00:  # Inf, NaN (payload kept)
+        bits = sign | 0x7F800000 | ((em & 0x3FF) << 13)
+    elif em >= 0x0400:  # normal: rebias the exponent
+        bits = sign | ((em << 13) + 0x38000000)
+    else:  # zero or subnormal: m * 2**-24, exact in float32
+        bits = sign | np.float32(np.float32(em) * np.float32(5.9604644775390625e-08)).view(
+            np.uint32)
+    return np.uint32(bits).view(np.float32)
 
 
-def float_bits_to_half(u):
+def float_to_half_bits(f):
+    """float32 value -> float16 bit pattern (uint16), round to nearest even."""
+    u = np.float32(f).view(np.uint32)
     sign = (u >> 16) & 0x8000
     a = u & 0x7FFFFFFF
-    if a >= 0x7F800000:  # Inf or NaN
-        if a == 0x7F800000:
-            return sign | 0x7C00
-        r = 0x7C00 | ((a & 0x7FFFFF) >> 13)
-        if r == 0x7C00:
-            r = 0x7C01
-        return sign | r
-    if a >= 0x477FF000:  # rounds to 65520 or more: overflow
-        return sign | 0x7C00
-    if a >= 0x38800000:  # normal half: rebias the exponent, round on 13 bits
-        a = a - 0x38000000
-        return sign | ((a + 0xFFF + ((a >> 13) & 1)) >> 13)
-    if a <= 0x33000000:  # at most 2**-25: rounds to zero
-        return sign
-    # subnormal half: significand with hidden bit, shifted right by 126 - e, RNE
-    e = a >> 23
-    m = (a & 0x7FFFFF) | 0x800000
-    shift = 126 - e  # 14 .. 24
-    q = m >> shift
-    rem = m & ((1 << shift) - 1)
-    half = 1 << (shift - 1)
-    if rem > half or (rem == half and (q & 1) == 1):
-        q += 1
-    return sign | q
+    if a >= 0x477FF000:  # rounds to 65520 or more: Inf; NaN keeps its payload like NumPy
+        r = 0x7C00
+        if a > 0x7F800000:
+            r = 0x7C00 | ((a & 0x7FFFFF) >> 13)
+            if r == 0x7C00:
+                r = 0x7C01
+    elif a >= 0x38800000:  # normal half: rebias the exponent, round on 13 bits
+        n = a - 0x38000000
+        r = (n + 0xFFF + ((n >> 13) & 1)) >> 13
+    else:  # subnormal or zero: adding 0.5 rounds |f| to a multiple of 2**-24 (RNE)
+        r = np.float32(np.uint32(a).view(np.float32) + np.float32(0.5)).view(np.uint32) \
+            - 0x3F000000
+    return np.uint16(sign | r)

@@ -52,8 +52,10 @@ from numba.extending import overload
 from . import _config, _scalar
 
 _inline = njit(inline="always")
-half_bits_to_float = _inline(_scalar.half_bits_to_float)
-float_bits_to_half = _inline(_scalar.float_bits_to_half)
+# Not IR-inlined (LLVM inlines them): Numba's IR inliner trips its own SSA check on the
+# branches of these two (harmless but noisy NumbaIRAssumptionWarnings at compile time).
+half_bits_to_float = njit(cache=_config.CACHE)(_scalar.half_bits_to_float)
+float_to_half_bits = njit(cache=_config.CACHE)(_scalar.float_to_half_bits)
 
 
 def act_forward(y, a):
@@ -76,14 +78,14 @@ def store(v, arr):
 @overload(load, inline="always")
 def _load(v):
     if isinstance(v, types.Integer):
-        return lambda v: np.uint32(half_bits_to_float(v)).view(np.float32)
+        return lambda v: half_bits_to_float(v)
     return lambda v: v
 
 
 @overload(store, inline="always")
 def _store(v, arr):
     if isinstance(arr.dtype, types.Integer):
-        return lambda v, arr: np.uint16(float_bits_to_half(np.float32(v).view(np.uint32)))
+        return lambda v, arr: float_to_half_bits(v)
     if arr.dtype == types.float32:
         return lambda v, arr: np.float32(v)
     return lambda v, arr: np.float64(v)

@@ -307,9 +307,11 @@ def max_batch(variant, budget, progress=None, **config):
             break
         fits(guess)
         x0, x1 = x1, guess
-    good = [n for n, b in probes.items() if b <= budget]
+    # measured memory is not perfectly monotonic in the batch (RSS noise of a few MiB):
+    # the answer is the largest fitting batch below the smallest failing one
     bad = [n for n, b in probes.items() if b > budget]
-    lo, hi = (max(good) if good else 0), (min(bad) if bad else None)
+    hi = min(bad) if bad else None
+    lo = max((n for n, b in probes.items() if b <= budget and (hi is None or n < hi)), default=0)
     grow = step(lo)
     while hi is None:  # no failing batch measured yet: 1% above, then growing steps
         n = lo + grow
@@ -318,7 +320,7 @@ def max_batch(variant, budget, progress=None, **config):
         else:
             hi = n
     while hi - lo > step(max(lo, 1)):  # measured bisection, to 1%
-        mid = (lo + hi) // 2
+        mid = (lo + hi) // 2 if lo else hi // 2
         if fits(mid):
             lo = mid
         else:

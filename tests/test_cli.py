@@ -1,0 +1,36 @@
+"""Command line and benchmark harness: they run and report what they measured."""
+import json
+import subprocess
+import sys
+
+from numbaabn import bench
+
+
+def test_check_command():
+    p = subprocess.run([sys.executable, "-m", "numbaabn", "check", "--shape", "4", "8", "6", "6",
+                        "--repeats", "2"], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "check passed" in p.stdout and "faster" in p.stdout
+
+
+def test_bench_row_fields_and_floors():
+    row = bench.bench_row((4, 8, 16, 16), "float32", "NHWC", repeats=2, compare=True)
+    assert row["bytes"] == 4 * 8 * 16 * 16 * 4 and row["bandwidth_GBps"] > 0
+    for op, passes in bench.PASSES.items():
+        o = row[op]
+        assert o["seconds"] > 0
+        assert abs(o["floor_seconds"] - passes * row["bytes"] / (row["bandwidth_GBps"] * 1e9)) \
+            <= 1e-9 + 1e-9 * o["floor_seconds"]
+        assert abs(o["ratio_to_floor"] - o["seconds"] / o["floor_seconds"]) < 1e-9
+    assert row["numpy_over_numbaabn"] > 0
+
+
+def test_bench_run_and_table():
+    r = bench.run(rows=[((4, 8, 8, 8), ("float32", "float16"))], repeats=1, compare=False,
+                  first_call=False, progress=False)
+    assert [(x["dtype"], x["layout"]) for x in r["rows"]] == [
+        ("float32", "NCHW"), ("float32", "NHWC"), ("float16", "NCHW"), ("float16", "NHWC")]
+    assert r["dram_bandwidth_GBps"] > 0
+    text = bench.table(r)
+    assert "fwd-train" in text and "(4, 8, 8, 8)" in text
+    json.dumps(r)  # serializable for --json
