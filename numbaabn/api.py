@@ -653,7 +653,6 @@ class InPlaceABN:
     comm : synchronize statistics across workers (see ``InPlaceABNSync``)
 """ + _SHAPE
     _in_place = True
-    _weight_mode = "abs"
     _state_names = ("weight", "bias", "running_mean", "running_var")
 
     def __init__(self, num_features, *, activation="leaky_relu", activation_param=None,
@@ -812,7 +811,6 @@ class BatchNorm(InPlaceABN):
 
     ``state_dict`` uses Paddle's keys ``weight``, ``bias``, ``_mean``, ``_variance``.
     """
-    _weight_mode = "signed"
     _state_names = ("weight", "bias", "_mean", "_variance")
 
     def __init__(self, num_channels, act=None, is_test=False, momentum=0.9, epsilon=1e-5,
@@ -879,7 +877,7 @@ def convert_sync_batchnorm(layers, comm):
 
 def _convert(obj, comm, seen):
     if isinstance(obj, InPlaceABN):
-        twin = object.__new__(type(obj) if not isinstance(obj, BatchNorm) else type(obj))
+        twin = object.__new__(type(obj))
         twin.__dict__.update(obj.__dict__)
         twin.comm = comm
         twin._saved = None
