@@ -17,6 +17,7 @@ import numpy as np
 from numba import cuda
 
 import numbaabn
+from numbaabn.bench import _torch_times
 
 PASSES = {"forward-train": 3, "forward-eval": 2, "backward-train": 5}
 
@@ -40,35 +41,6 @@ def copy_bandwidth(nbytes, repeats):
     b = cuda.device_array(nbytes // 4, dtype=np.float32)
     t = timed(lambda: b.copy_to_device(a), lambda: None, repeats)
     return 2 * a.nbytes / t
-
-
-def torch_times(x0, dz0, fmt, repeats):
-    try:
-        import torch
-        if not torch.cuda.is_available():
-            return None
-    except ImportError:
-        return None
-    dt = torch.float16 if x0.dtype == np.float16 else torch.float32
-    C = x0.shape[-1] if fmt == "NHWC" else x0.shape[1]
-    bn = torch.nn.BatchNorm2d(C).cuda().to(dt)
-    act = torch.nn.LeakyReLU(0.01, inplace=True)
-    src = np.moveaxis(x0, -1, 1) if fmt == "NHWC" else x0
-    mf = torch.channels_last if fmt == "NHWC" else torch.contiguous_format
-    xt = torch.from_numpy(np.ascontiguousarray(src)).cuda().contiguous(memory_format=mf)
-    dzt = torch.from_numpy(np.ascontiguousarray(
-        np.moveaxis(dz0, -1, 1) if fmt == "NHWC" else dz0)).cuda().contiguous(memory_format=mf)
-
-    def fwd():
-        with torch.no_grad():
-            act(bn(xt))
-
-    def fwd_bwd():
-        xg = xt.detach().requires_grad_(True)
-        act(bn(xg)).backward(dzt)
-
-    return {"torch_forward": timed(fwd, lambda: None, repeats),
-            "torch_forward_backward": timed(fwd_bwd, lambda: None, repeats)}
 
 
 def main():
@@ -109,7 +81,7 @@ def main():
                 floor = PASSES[op] * x0.nbytes / bw
                 row[op] = dict(seconds=sec, GBps=PASSES[op] * x0.nbytes / sec / 1e9,
                                ratio_to_floor=sec / floor)
-            tt = torch_times(x0, dz0, fmt, args.repeats)
+            tt = _torch_times(x0, dz0, fmt, args.repeats, device="cuda", timer=timed)
             if tt:
                 row["torch_forward_over_numbaabn"] = tt["torch_forward"] / t["forward-train"]
                 row["torch_forward_backward_over_numbaabn"] = (

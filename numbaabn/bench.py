@@ -100,24 +100,35 @@ def _numpy_fwd_bwd(x, dz, w, b, channels_last, slope=0.01, eps=1e-5):
     return z, dx
 
 
-def _torch_times(x0, dz0, fmt, repeats):
+def _torch_times(x0, dz0, fmt, repeats, device="cpu", timer=None):
+    """PyTorch BatchNorm + LeakyReLU(inplace=True): forward (no grad) and forward +
+    backward through autograd, on ``device`` ("cpu" or "cuda"), timed by ``timer``
+    (``_median_time``'s signature). None where torch (or its CUDA) is missing."""
     try:
         import torch
     except ImportError:
         return None
-    if x0.dtype == np.float16 or (fmt == "NHWC" and x0.ndim != 4):
+    if device == "cuda" and not torch.cuda.is_available():
         return None
-    torch.set_num_threads(os.cpu_count() or 1)
+    if (device == "cpu" and x0.dtype == np.float16) or (fmt == "NHWC" and x0.ndim != 4):
+        return None
+    if device == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+    timer = timer or _median_time
     C = x0.shape[-1] if fmt == "NHWC" else x0.shape[1]
     bn_cls = {2: torch.nn.BatchNorm1d, 3: torch.nn.BatchNorm1d, 4: torch.nn.BatchNorm2d,
               5: torch.nn.BatchNorm3d}[x0.ndim]
-    bn = bn_cls(C).to(dtype=torch.float64 if x0.dtype == np.float64 else torch.float32)
+    tdt = {np.dtype(np.float64): torch.float64, np.dtype(np.float16): torch.float16}.get(
+        x0.dtype, torch.float32)
+    bn = bn_cls(C).to(device=device, dtype=tdt)
     act = torch.nn.LeakyReLU(0.01, inplace=True)
-    src = np.moveaxis(x0, -1, 1) if fmt == "NHWC" else x0
-    dsrc = np.moveaxis(dz0, -1, 1) if fmt == "NHWC" else dz0
     fmt_kw = {"memory_format": torch.channels_last} if fmt == "NHWC" else {}
-    xt = torch.from_numpy(np.ascontiguousarray(src)).contiguous(**fmt_kw)
-    dzt = torch.from_numpy(np.ascontiguousarray(dsrc)).contiguous(**fmt_kw)
+
+    def tensor(a):
+        a = np.moveaxis(a, -1, 1) if fmt == "NHWC" else a
+        return torch.from_numpy(np.ascontiguousarray(a)).to(device).contiguous(**fmt_kw)
+
+    xt, dzt = tensor(x0), tensor(dz0)
 
     def fwd():
         with torch.no_grad():
@@ -127,8 +138,8 @@ def _torch_times(x0, dz0, fmt, repeats):
         xg = xt.detach().requires_grad_(True)
         act(bn(xg)).backward(dzt)
 
-    return {"torch_forward": _median_time(fwd, lambda: None, repeats),
-            "torch_forward_backward": _median_time(fwd_bwd, lambda: None, repeats)}
+    return {"torch_forward": timer(fwd, lambda: None, repeats),
+            "torch_forward_backward": timer(fwd_bwd, lambda: None, repeats)}
 
 
 def bench_row(shape, dtype, fmt, repeats=7, compare=True):
