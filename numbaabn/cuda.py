@@ -32,7 +32,7 @@ import types as pytypes
 import numpy as np
 from numba import cuda, float64
 
-from . import _scalar
+from . import _scalar, cpu
 
 IS_DEVICE = True
 THREADS = 256          # threads per block; a power of two, at most MAX_THREADS
@@ -310,9 +310,9 @@ def statistics(vs, C, stream=None):
     sums = _reduce(0, x, x, C, S, cuda.to_device(shift, stream=st),
                    cuda.to_device(dummy, stream=st), 0, np.float32(1), np.float32(1),
                    np.float32(-1), False, stream)
-    with np.errstate(invalid="ignore"):
-        m = sums[:, 0] / count
-        return count, shift + m, np.maximum(sums[:, 1] - sums[:, 0] * m, 0.0)
+    out = np.ascontiguousarray(sums.T)  # (2, C): shifted sums -> (mean, M2), as on the CPU
+    cpu._finalize(shift, float(count), out)
+    return count, out[0], out[1]
 
 
 def forward(vs, outs, coef, act, a, ia, lo, stream=None):
