@@ -47,15 +47,74 @@ import types as pytypes
 import numba
 import numpy as np
 from numba import njit, prange, types
-from numba.extending import overload
+from llvmlite import ir as llir
+from numba.extending import intrinsic, overload
 
 from . import _config, _scalar
 
 _inline = njit(inline="always")
-# Not IR-inlined (LLVM inlines them): Numba's IR inliner trips its own SSA check on the
-# branches of these two (harmless but noisy NumbaIRAssumptionWarnings at compile time).
-half_bits_to_float = njit(cache=_config.CACHE)(_scalar.half_bits_to_float)
-float_to_half_bits = njit(cache=_config.CACHE)(_scalar.float_to_half_bits)
+
+
+# ---- float16 conversion: the CPU's F16C instructions where the target has them ------
+# LLVM's fpext/fptrunc between half and float compile to vcvtph2ps/vcvtps2ph (exact,
+# round to nearest even) and vectorize. The hardware quiets signalling NaNs, NumPy
+# keeps their payload: NaNs take NumPy's bit pattern through a select. Without F16C
+# (or with a Numba target other than the host) LLVM would call a runtime helper that
+# Numba does not link, so the exact integer conversions of ``_scalar`` are used.
+
+def _target_has_f16c():
+    cfg = numba.core.config
+    if cfg.CPU_NAME or cfg.CPU_FEATURES:
+        return "+f16c" in (cfg.CPU_FEATURES or "")
+    from llvmlite import binding
+    return bool(binding.get_host_cpu_features().get("f16c", False))
+
+
+HARDWARE_HALF = _target_has_f16c()
+
+
+@intrinsic
+def _fpext_half(typingctx, bits):
+    def codegen(context, builder, sig, args):
+        v = builder.trunc(args[0], llir.IntType(16)) if bits.bitwidth > 16 else args[0]
+        return builder.fpext(builder.bitcast(v, llir.HalfType()), llir.FloatType())
+    return types.float32(bits), codegen
+
+
+@intrinsic
+def _fptrunc_half(typingctx, value):
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(builder.fptrunc(args[0], llir.HalfType()), llir.IntType(16))
+    return types.uint16(types.float32), codegen
+
+
+def _half_bits_to_float_hw(h):
+    f = _fpext_half(h)
+    em = np.uint32(h) & 0x7FFF
+    if em > 0x7C00:  # NaN, payload kept as NumPy keeps it
+        f = np.uint32(((np.uint32(h) & 0x8000) << 16) | 0x7F800000 | ((em & 0x3FF) << 13)
+                      ).view(np.float32)
+    return f
+
+
+def _float_to_half_bits_hw(f):
+    r = _fptrunc_half(f)
+    if f != f:  # NaN: NumPy's pattern (payload truncated, never turned into Inf)
+        u = np.float32(f).view(np.uint32)
+        n = 0x7C00 | ((u & 0x7FFFFF) >> 13)
+        r = np.uint16(((u >> 16) & 0x8000) | (n if n != 0x7C00 else 0x7C01))
+    return r
+
+
+# Compiled as plain functions, not IR-inlined (LLVM inlines them): Numba's IR inliner
+# trips its own SSA check on their branches (harmless but noisy warnings).
+_jit_plain = njit(cache=_config.CACHE)
+if HARDWARE_HALF:
+    half_bits_to_float = _jit_plain(_half_bits_to_float_hw)
+    float_to_half_bits = _jit_plain(_float_to_half_bits_hw)
+else:
+    half_bits_to_float = _jit_plain(_scalar.half_bits_to_float)
+    float_to_half_bits = _jit_plain(_scalar.float_to_half_bits)
 
 
 def act_forward(y, a):
@@ -85,7 +144,7 @@ def _load(v):
 @overload(store, inline="always")
 def _store(v, arr):
     if isinstance(arr.dtype, types.Integer):
-        return lambda v, arr: float_to_half_bits(v)
+        return lambda v, arr: float_to_half_bits(np.float32(v))
     if arr.dtype == types.float32:
         return lambda v, arr: np.float32(v)
     return lambda v, arr: np.float64(v)
@@ -197,22 +256,71 @@ def _init_shift(first, shift):
         shift[c] = v if np.isfinite(v) else 0.0
 
 
-def _statistics_cf(x, shift, init, final, count, part, nbn, nbs, out):
+def _as(v, zero):
+    """v converted to the type of ``zero`` (the compute dtype)."""
+
+
+@overload(_as, inline="always")
+def _as_impl(v, zero):
+    if zero == types.float32:
+        return lambda v, zero: np.float32(v)
+    return lambda v, zero: np.float64(v)
+
+
+@_inline
+def _recentre(a1, a2, cnt, k, knew):
+    """Sums a1 = Σ(x - k), a2 = Σ(x - k)² of cnt values -> the same sums about knew."""
+    dl = np.float64(knew) - np.float64(k)
+    return a1 - cnt * dl, a2 + dl * (cnt * dl - 2.0 * a1)
+
+
+# Statistics and gradient sums: each element is added to a partial sum of the
+# compute dtype over a block of at most _BLOCK elements (channels first) or _ROWS
+# rows (channels last), and the block sums accumulate in float64. The rounding error
+# of a float32 block sum is bounded by the block length (a few 1e-7 relative), it
+# does not grow with the tensor, and the block loops run at the speed of float32
+# vectors (float64 accumulation of every element converts every element: ~1.5x
+# slower). For float64 data the blocks are float64. Statistics are centred on a shift
+# that starts at the channel's first element and moves to the mean of the item's
+# first block, so that the float32 squares stay small even when the first element is
+# an outlier; the sums move back to the channel's shift, exactly in float64, before
+# the per-item partial sums fold.
+_BLOCK = 256
+_ROWS = 32
+
+
+def _statistics_cf(x, shift, init, final, count, part, scratch, nbn, nbs, out, zero):
     N, C, S = x.shape
     if init:
         _init_shift(x[0, :, 0], shift)
     per = nbn * nbs
     for t in prange(C * per):
         c, n0, n1, s0, s1 = _item_cf(t, C, N, S, nbn, nbs)
-        k = shift[c]
+        kc = _as(shift[c], zero)
         a1 = 0.0
         a2 = 0.0
-        for n in range(n0, n1):
-            xr = x[n, c, s0:s1]
-            for i in range(s1 - s0):
-                d = np.float64(load(xr[i])) - k
-                a1 += d
-                a2 += d * d
+        cnt = 0.0
+        if s1 > s0:
+            for n in range(n0, n1):
+                xr = x[n, c, s0:s1]
+                for j0 in range(0, s1 - s0, _BLOCK):
+                    blk = xr[j0:min(j0 + _BLOCK, s1 - s0)]
+                    b1 = zero
+                    b2 = zero
+                    for i in range(len(blk)):
+                        d = load(blk[i]) - kc
+                        b1 += d
+                        b2 += d * d
+                    a1 += np.float64(b1)
+                    a2 += np.float64(b2)
+                    if cnt == 0.0:  # after the first block: centre on its mean
+                        cnt = len(blk)
+                        knew = _as(np.float64(kc) + a1 / cnt, zero)
+                        a1, a2 = _recentre(a1, a2, cnt, kc, knew)
+                        kc = knew
+                    else:
+                        cnt += len(blk)
+            a1, a2 = _recentre(a1, a2, cnt, kc, shift[c])
         part[t, 0] = a1
         part[t, 1] = a2
     _fold_cf(part, per, out)
@@ -238,7 +346,7 @@ def _forward_cf(x, out, inplace, coef, a, ia, lo, nbn, nbs):
                     orow[i] = store(act_forward((load(xr[i]) - h) * g + e, a), out)
 
 
-def _backward_reduce_cf(src, dz, coef, a, ia, lo, from_x, part, nbn, nbs, out):
+def _backward_reduce_cf(src, dz, coef, a, ia, lo, from_x, part, scratch, nbn, nbs, out):
     N, C, S = src.shape
     per = nbn * nbs
     for t in prange(C * per):
@@ -247,13 +355,19 @@ def _backward_reduce_cf(src, dz, coef, a, ia, lo, from_x, part, nbn, nbs, out):
         a1 = 0.0
         a2 = 0.0
         for n in range(n0, n1):
-            sr = src[n, c, s0:s1]
-            dr = dz[n, c, s0:s1]
-            for i in range(s1 - s0):
-                gr, xh = _grad_and_centred(load(sr[i]), load(dr[i]), h, b, g, e, k, f, a, ia,
-                                           lo, from_x)
-                a1 += np.float64(gr)
-                a2 += np.float64(gr) * np.float64(xh)
+            for j0 in range(s0, s1, _BLOCK):
+                j1 = min(j0 + _BLOCK, s1)
+                sr = src[n, c, j0:j1]
+                dr = dz[n, c, j0:j1]
+                b1 = a - a
+                b2 = a - a
+                for i in range(j1 - j0):
+                    gr, xh = _grad_and_centred(load(sr[i]), load(dr[i]), h, b, g, e, k, f, a,
+                                               ia, lo, from_x)
+                    b1 += gr
+                    b2 += gr * xh
+                a1 += np.float64(b1)
+                a2 += np.float64(b2)
         part[t, 0] = a1
         part[t, 1] = a2
     _fold_cf(part, per, out)
@@ -296,25 +410,44 @@ def _backward_apply_cf(src, dz, dx, inplace, coef, a, ia, lo, from_x, train, nbn
 
 # ---- channels last: views (M, C) ---------------------------------------------------
 
-def _statistics_cl(x, shift, init, final, count, part, nbm, nbc, out):
+def _statistics_cl(x, shift, init, final, count, part, scratch, nbm, nbc, out, zero):
     M, C = x.shape
     if init:
         _init_shift(x[0], shift)
     for t in prange(nbm * nbc):
         jm, m0, m1, c0, c1 = _item_cl(t, M, C, nbm, nbc)
         w = c1 - c0
-        p1 = part[jm, 0, c0:c1]
-        p2 = part[jm, 1, c0:c1]
+        p1, p2 = part[jm, 0, c0:c1], part[jm, 1, c0:c1]
+        b1, b2, kc = scratch[jm, 0, c0:c1], scratch[jm, 1, c0:c1], scratch[jm, 2, c0:c1]
         k = shift[c0:c1]
         for c in range(w):
             p1[c] = 0.0
             p2[c] = 0.0
-        for m in range(m0, m1):
-            xr = x[m, c0:c1]
+            kc[c] = k[c]
+        for r0 in range(m0, m1, _ROWS):
             for c in range(w):
-                d = np.float64(load(xr[c])) - k[c]
-                p1[c] += d
-                p2[c] += d * d
+                b1[c] = zero
+                b2[c] = zero
+            for m in range(r0, min(r0 + _ROWS, m1)):
+                xr = x[m, c0:c1]
+                for c in range(w):
+                    d = load(xr[c]) - kc[c]
+                    b1[c] += d
+                    b2[c] += d * d
+            if r0 == m0:  # after the first block: centre on its mean
+                cnt = np.float64(min(r0 + _ROWS, m1) - m0)
+                for c in range(w):
+                    knew = _as(np.float64(kc[c]) + b1[c] / cnt, zero)
+                    p1[c], p2[c] = _recentre(np.float64(b1[c]), np.float64(b2[c]), cnt, kc[c],
+                                             knew)
+                    kc[c] = knew
+            else:
+                for c in range(w):
+                    p1[c] += np.float64(b1[c])
+                    p2[c] += np.float64(b2[c])
+        cnt = np.float64(m1 - m0)
+        for c in range(w):
+            p1[c], p2[c] = _recentre(p1[c], p2[c], cnt, kc[c], k[c])
     _fold_cl(part, out)
     if final:
         _finalize(shift, count, out)
@@ -339,26 +472,33 @@ def _forward_cl(x, out, inplace, coef, a, ia, lo, nbm, nbc):
                     orow[c] = store(act_forward((load(xr[c]) - h[c]) * g[c] + e[c], a), out)
 
 
-def _backward_reduce_cl(src, dz, coef, a, ia, lo, from_x, part, nbm, nbc, out):
+def _backward_reduce_cl(src, dz, coef, a, ia, lo, from_x, part, scratch, nbm, nbc, out):
     M, C = src.shape
     for t in prange(nbm * nbc):
         jm, m0, m1, c0, c1 = _item_cl(t, M, C, nbm, nbc)
         w = c1 - c0
         h, b, g, e = coef[0, c0:c1], coef[1, c0:c1], coef[2, c0:c1], coef[3, c0:c1]
         k, f = coef[7, c0:c1], coef[8, c0:c1]
-        p1 = part[jm, 0, c0:c1]
-        p2 = part[jm, 1, c0:c1]
+        p1, p2 = part[jm, 0, c0:c1], part[jm, 1, c0:c1]
+        b1, b2 = scratch[jm, 0, c0:c1], scratch[jm, 1, c0:c1]
         for c in range(w):
             p1[c] = 0.0
             p2[c] = 0.0
-        for m in range(m0, m1):
-            sr = src[m, c0:c1]
-            dr = dz[m, c0:c1]
+        for r0 in range(m0, m1, _ROWS):
             for c in range(w):
-                gr, xh = _grad_and_centred(load(sr[c]), load(dr[c]), h[c], b[c], g[c], e[c],
-                                           k[c], f[c], a, ia, lo, from_x)
-                p1[c] += np.float64(gr)
-                p2[c] += np.float64(gr) * np.float64(xh)
+                b1[c] = a - a
+                b2[c] = a - a
+            for m in range(r0, min(r0 + _ROWS, m1)):
+                sr = src[m, c0:c1]
+                dr = dz[m, c0:c1]
+                for c in range(w):
+                    gr, xh = _grad_and_centred(load(sr[c]), load(dr[c]), h[c], b[c], g[c],
+                                               e[c], k[c], f[c], a, ia, lo, from_x)
+                    b1[c] += gr
+                    b2[c] += gr * xh
+            for c in range(w):
+                p1[c] += np.float64(b1[c])
+                p2[c] += np.float64(b2[c])
     _fold_cl(part, out)
 
 
@@ -434,12 +574,17 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _threads(size):
-    """Number of work items to aim for (0: run the serial twin)."""
-    if size < _config.PARALLEL_MIN or _serial_only:
-        return 0
-    n = numba.get_num_threads()
-    return 0 if n <= 1 else 4 * n
+ITEMS = 64  # work items of a large tensor's walk, whatever the number of threads
+
+
+def _plan(size):
+    """(work items to aim for, whether the parallel twin runs). The split depends on
+    the size only, not on the number of threads, so the partial sums are the same
+    on every machine (the serial and parallel twins may still differ in the last
+    bits: LLVM may vectorize their float32 block sums with different lanes)."""
+    if size < _config.PARALLEL_MIN:
+        return 0, False
+    return ITEMS, not _serial_only and numba.get_num_threads() > 1
 
 
 def _run(key, parallel, *args):
@@ -485,6 +630,11 @@ def _walk(views, target):
             yield v, "cl", _blocks_cl(v.shape, target)
 
 
+def _scratch(kind, shape, nb, dtype):
+    """Per-row-block block sums (and shifts) of a channels-last walk, compute dtype."""
+    return np.empty((nb[0], 3, shape[1]) if kind == "cl" else (1, 1, 1), dtype)
+
+
 def _partials(kind, shape, nb):
     if kind == "cf":
         return np.empty((shape[1] * nb[0] * nb[1], 2))
@@ -515,39 +665,42 @@ def statistics(views, C, stream=None):
     if count == 0:
         return 0, shift, np.zeros(C)
     sums = np.zeros((2, C))
-    target = _threads(size)
+    target, par = _plan(size)
     last = len(views) - 1
+    cdt = compute_dtype(views[0].dtype)
     for j, (v, kind, nb) in enumerate(_walk(views, target)):
-        _run(("statistics_" + kind, "any"), bool(target), v, shift, j == 0, j == last,
-             float(count), _partials(kind, v.shape, nb), nb[0], nb[1], sums)
+        _run(("statistics_" + kind, "any"), par, v, shift, j == 0, j == last,
+             float(count), _partials(kind, v.shape, nb), _scratch(kind, v.shape, nb, cdt),
+             nb[0], nb[1], sums, cdt(0))
     return count, sums[0], sums[1]
 
 
 def forward(views, outs, coef, act, a, ia, lo, stream=None):
     """``out = act((x - h) * g + e)``; ``outs`` may be ``views`` (in place)."""
-    target = _threads(_size(views))
+    target, par = _plan(_size(views))
     fam = _scalar.FAMILY[act]
     for (v, kind, nb), o in zip(_walk(views, target), outs):
-        _run(("forward_" + kind, fam), bool(target), v, o, o is v, coef, a, ia, lo, nb[0],
+        _run(("forward_" + kind, fam), par, v, o, o is v, coef, a, ia, lo, nb[0],
              nb[1])
 
 
 def backward_reduce(srcs, dzs, coef, act, a, ia, lo, from_x, stream=None):
     """Per-channel ``S1 = Σ g`` and ``S2 = Σ g x̂`` in float64, shape (2, C)."""
     sums = np.zeros((2, coef.shape[1]))
-    target = _threads(_size(srcs))
+    target, par = _plan(_size(srcs))
     fam = _scalar.FAMILY[act]
     for (v, kind, nb), d in zip(_walk(srcs, target), dzs):
-        _run(("backward_reduce_" + kind, fam), bool(target), v, d, coef, a, ia, lo, from_x,
-             _partials(kind, v.shape, nb), nb[0], nb[1], sums)
+        _run(("backward_reduce_" + kind, fam), par, v, d, coef, a, ia, lo, from_x,
+             _partials(kind, v.shape, nb), _scratch(kind, v.shape, nb, coef.dtype), nb[0],
+             nb[1], sums)
     return sums
 
 
 def _backward_apply(srcs, dzs, dxs, coef, act, a, ia, lo, from_x, train):
-    target = _threads(_size(srcs))
+    target, par = _plan(_size(srcs))
     fam = _scalar.FAMILY[act]
     for (v, kind, nb), d, o in zip(_walk(srcs, target), dzs, dxs):
-        _run(("backward_apply_" + kind, fam), bool(target), v, d, o, o is d, coef, a, ia, lo,
+        _run(("backward_apply_" + kind, fam), par, v, d, o, o is d, coef, a, ia, lo,
              from_x, train, nb[0], nb[1])
 
 

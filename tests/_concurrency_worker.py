@@ -44,8 +44,10 @@ def main():
     if pid == 0:
         try:
             y, dx = work(0)
-            ok = np.array_equal(y, expected[0][0]) and np.allclose(dx, expected[0][1],
-                                                                   rtol=1e-5, atol=1e-6)
+            # the child runs the serial twins: LLVM may vectorize their float32 block
+            # sums with other lanes than the parallel twins', so compare to rounding
+            ok = np.allclose(y, expected[0][0], rtol=1e-5, atol=1e-6) and np.allclose(
+                dx, expected[0][1], rtol=1e-5, atol=1e-6)
         except BaseException as e:
             print("child failed:", repr(e), file=sys.stderr, flush=True)
             ok = False

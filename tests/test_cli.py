@@ -15,13 +15,15 @@ def test_check_command():
 
 def test_bench_row_fields_and_floors():
     row = bench.bench_row((4, 8, 16, 16), "float32", "NHWC", repeats=2, compare=True)
-    assert row["bytes"] == 4 * 8 * 16 * 16 * 4 and row["bandwidth_GBps"] > 0
+    assert row["bytes"] == 4 * 8 * 16 * 16 * 4 and row["hot_bandwidth_GBps"] > 0
     for op, passes in bench.PASSES.items():
         o = row[op]
-        assert o["seconds"] > 0
-        assert abs(o["floor_seconds"] - passes * row["bytes"] / (row["bandwidth_GBps"] * 1e9)) \
+        assert o["seconds"] > 0 and o["bandwidth_GBps"] > 0
+        assert abs(o["floor_seconds"] - passes * row["bytes"] / (o["bandwidth_GBps"] * 1e9)) \
             <= 1e-9 + 1e-9 * o["floor_seconds"]
         assert abs(o["ratio_to_floor"] - o["seconds"] / o["floor_seconds"]) < 1e-9
+        hot_floor = passes * row["bytes"] / (row["hot_bandwidth_GBps"] * 1e9)
+        assert abs(o["ratio_to_hot_floor"] - o["seconds"] / hot_floor) < 1e-6 * o["ratio_to_hot_floor"]
     assert row["numpy_over_numbaabn"] > 0
 
 
