@@ -280,27 +280,28 @@ def _recentre(a1, a2, cnt, k, knew):
 # of a float32 block sum is bounded by the block length (a few 1e-7 relative), it
 # does not grow with the tensor, and the block loops run at the speed of float32
 # vectors (float64 accumulation of every element converts every element: ~1.5x
-# slower). For float64 data the blocks are float64. Statistics are centred on a shift
-# that starts at the channel's first element and moves to the mean of the item's
-# first block, so that the float32 squares stay small even when the first element is
-# an outlier; the sums move back to the channel's shift, exactly in float64, before
-# the per-item partial sums fold.
+# slower). For float64 data the blocks are float64. Statistics are centred, per work
+# item, on the mean of the item's first block (an outlier moves that centre by at
+# most its share of one block), and each item's sums move to the channel's shift
+# exactly in float64 before they fold. Limit: float32 squares overflow beyond
+# |x - mean| ~ 1e19, where the statistics come out non-finite and training raises.
 _BLOCK = 256
 _ROWS = 32
 
 
-def _statistics_cf(x, shift, init, final, count, part, scratch, nbn, nbs, out, zero):
+def _statistics_cf(x, shift, part, scratch, nbn, nbs, out, zero):
     N, C, S = x.shape
-    if init:
-        _init_shift(x[0, :, 0], shift)
     per = nbn * nbs
     for t in prange(C * per):
         c, n0, n1, s0, s1 = _item_cf(t, C, N, S, nbn, nbs)
-        kc = _as(shift[c], zero)
         a1 = 0.0
         a2 = 0.0
-        cnt = 0.0
-        if s1 > s0:
+        if s1 > s0 and n1 > n0:
+            first = x[n0, c, s0:min(s0 + _BLOCK, s1)]  # centre on its mean
+            kc = zero
+            for i in range(len(first)):
+                kc += load(first[i])
+            kc /= _as(len(first), zero)
             for n in range(n0, n1):
                 xr = x[n, c, s0:s1]
                 for j0 in range(0, s1 - s0, _BLOCK):
@@ -313,19 +314,10 @@ def _statistics_cf(x, shift, init, final, count, part, scratch, nbn, nbs, out, z
                         b2 += d * d
                     a1 += np.float64(b1)
                     a2 += np.float64(b2)
-                    if cnt == 0.0:  # after the first block: centre on its mean
-                        cnt = len(blk)
-                        knew = _as(np.float64(kc) + a1 / cnt, zero)
-                        a1, a2 = _recentre(a1, a2, cnt, kc, knew)
-                        kc = knew
-                    else:
-                        cnt += len(blk)
-            a1, a2 = _recentre(a1, a2, cnt, kc, shift[c])
+            a1, a2 = _recentre(a1, a2, np.float64((n1 - n0) * (s1 - s0)), kc, shift[c])
         part[t, 0] = a1
         part[t, 1] = a2
     _fold_cf(part, per, out)
-    if final:
-        _finalize(shift, count, out)
 
 
 def _forward_cf(x, out, inplace, coef, a, ia, lo, nbn, nbs):
@@ -410,20 +402,26 @@ def _backward_apply_cf(src, dz, dx, inplace, coef, a, ia, lo, from_x, train, nbn
 
 # ---- channels last: views (M, C) ---------------------------------------------------
 
-def _statistics_cl(x, shift, init, final, count, part, scratch, nbm, nbc, out, zero):
+def _statistics_cl(x, shift, part, scratch, nbm, nbc, out, zero):
     M, C = x.shape
-    if init:
-        _init_shift(x[0], shift)
     for t in prange(nbm * nbc):
         jm, m0, m1, c0, c1 = _item_cl(t, M, C, nbm, nbc)
         w = c1 - c0
         p1, p2 = part[jm, 0, c0:c1], part[jm, 1, c0:c1]
         b1, b2, kc = scratch[jm, 0, c0:c1], scratch[jm, 1, c0:c1], scratch[jm, 2, c0:c1]
-        k = shift[c0:c1]
         for c in range(w):
             p1[c] = 0.0
             p2[c] = 0.0
-            kc[c] = k[c]
+            kc[c] = zero
+        if m1 == m0:
+            continue
+        r1 = min(m0 + _ROWS, m1)
+        for m in range(m0, r1):  # centre each channel on the mean of the first block
+            xr = x[m, c0:c1]
+            for c in range(w):
+                kc[c] += load(xr[c])
+        for c in range(w):
+            kc[c] /= _as(r1 - m0, zero)
         for r0 in range(m0, m1, _ROWS):
             for c in range(w):
                 b1[c] = zero
@@ -434,23 +432,14 @@ def _statistics_cl(x, shift, init, final, count, part, scratch, nbm, nbc, out, z
                     d = load(xr[c]) - kc[c]
                     b1[c] += d
                     b2[c] += d * d
-            if r0 == m0:  # after the first block: centre on its mean
-                cnt = np.float64(min(r0 + _ROWS, m1) - m0)
-                for c in range(w):
-                    knew = _as(np.float64(kc[c]) + b1[c] / cnt, zero)
-                    p1[c], p2[c] = _recentre(np.float64(b1[c]), np.float64(b2[c]), cnt, kc[c],
-                                             knew)
-                    kc[c] = knew
-            else:
-                for c in range(w):
-                    p1[c] += np.float64(b1[c])
-                    p2[c] += np.float64(b2[c])
+            for c in range(w):
+                p1[c] += np.float64(b1[c])
+                p2[c] += np.float64(b2[c])
+        k = shift[c0:c1]
         cnt = np.float64(m1 - m0)
         for c in range(w):
             p1[c], p2[c] = _recentre(p1[c], p2[c], cnt, kc[c], k[c])
     _fold_cl(part, out)
-    if final:
-        _finalize(shift, count, out)
 
 
 def _forward_cl(x, out, inplace, coef, a, ia, lo, nbm, nbc):
@@ -622,12 +611,66 @@ def _size(views):
     return sum(v.size for v in views)
 
 
-def _walk(views, target):
-    for v in views:
-        if v.ndim == 3:
-            yield v, "cf", _blocks_cf(v.shape, target)
-        else:
-            yield v, "cl", _blocks_cl(v.shape, target)
+_WIDE = 512  # channels-last rows are merged into rows of about this many elements
+
+
+def _widen(group):
+    """Split a group of same-shape views (source, gradient, output...) for the walk.
+
+    A channels-last ``(M, C)`` walk runs its inner loop over the C channels of a row:
+    with few channels (C = 3) it cannot vectorize and pays its loop overhead every few
+    elements. When every array of the group has contiguous rows, r rows are merged into
+    one row of r * C elements (a view, never a copy) and the per-channel constants are
+    tiled r times; the leftover M % r rows form a second group. Returns a list of
+    ``(group, r)``; arrays that were the same object stay the same object."""
+    v = group[0]
+    if v.ndim != 2:
+        return [(group, 1)]
+    M, C = v.shape
+    r = min(M, _WIDE // max(C, 1))
+    if r <= 1 or not all(a.strides == (C * a.itemsize, a.itemsize) for a in group):
+        return [(group, 1)]
+    q = M // r * r
+    parts = [(tuple(_merged(group, lambda b: b[:q].reshape(q // r, r * C))), r)]
+    if q < M:
+        parts.append((tuple(_merged(group, lambda b: b[q:])), 1))
+    return parts
+
+
+def _merged(group, view):
+    seen = {}
+    for a in group:
+        if id(a) not in seen:
+            seen[id(a)] = view(a)
+        yield seen[id(a)]
+
+
+def _walk(groups, target):
+    """(group, kind, blocks, r) for every group of same-shape views; r > 1 when
+    channels-last rows were merged (``_widen``)."""
+    for group in groups:
+        for g, r in _widen(group):
+            v = g[0]
+            if v.ndim == 3:
+                yield g, "cf", _blocks_cf(v.shape, target), r
+            else:
+                yield g, "cl", _blocks_cl(v.shape, target), r
+
+
+def _tiled(a, r, cache):
+    """Per-channel constants (last axis C) repeated r times along it."""
+    if r == 1:
+        return a
+    if r not in cache:
+        cache[r] = np.ascontiguousarray(np.tile(a, (1,) * (a.ndim - 1) + (r,)))
+    return cache[r]
+
+
+def _fold_tiles(wide, r, out):
+    """Add the sums of r tiled copies of each channel, (2, r * C), into out (2, C)."""
+    if r == 1:
+        return
+    out += wide.reshape(2, r, out.shape[1]).sum(axis=1)
 
 
 def _scratch(kind, shape, nb, dtype):
@@ -657,21 +700,27 @@ def copy(a, stream=None):
 def statistics(views, C, stream=None):
     """Per-channel count, mean and M2 (sum of squared deviations), float64 (C,).
 
-    Sums are shifted by the channel's first element, which keeps the variance
-    accurate for data with a large offset (x = 1e4 + N(0, 1))."""
+    Sums are centred on the channel's first element (then on the mean of each work
+    item's first block), which keeps the variance accurate for data with a large
+    offset (x = 1e4 + N(0, 1))."""
     size = _size(views)
     count = size // C if C else 0
     shift = np.zeros(C)
     if count == 0:
         return 0, shift, np.zeros(C)
+    first = views[0]
+    _init_shift(first[0, :, 0] if first.ndim == 3 else first[0], shift)
     sums = np.zeros((2, C))
     target, par = _plan(size)
-    last = len(views) - 1
-    cdt = compute_dtype(views[0].dtype)
-    for j, (v, kind, nb) in enumerate(_walk(views, target)):
-        _run(("statistics_" + kind, "any"), par, v, shift, j == 0, j == last,
-             float(count), _partials(kind, v.shape, nb), _scratch(kind, v.shape, nb, cdt),
-             nb[0], nb[1], sums, cdt(0))
+    cdt = compute_dtype(first.dtype)
+    tiles = {}
+    for (v,), kind, nb, r in _walk([(v,) for v in views], target):
+        out = sums if r == 1 else np.zeros((2, r * C))
+        _run(("statistics_" + kind, "any"), par, v, _tiled(shift, r, tiles),
+             _partials(kind, v.shape, nb), _scratch(kind, v.shape, nb, cdt), nb[0], nb[1],
+             out, cdt(0))
+        _fold_tiles(out, r, sums)
+    _finalize(shift, float(count), sums)
     return count, sums[0], sums[1]
 
 
@@ -679,29 +728,35 @@ def forward(views, outs, coef, act, a, ia, lo, stream=None):
     """``out = act((x - h) * g + e)``; ``outs`` may be ``views`` (in place)."""
     target, par = _plan(_size(views))
     fam = _scalar.FAMILY[act]
-    for (v, kind, nb), o in zip(_walk(views, target), outs):
-        _run(("forward_" + kind, fam), par, v, o, o is v, coef, a, ia, lo, nb[0],
-             nb[1])
+    tiles = {}
+    for (v, o), kind, nb, r in _walk(zip(views, outs), target):
+        _run(("forward_" + kind, fam), par, v, o, o is v, _tiled(coef, r, tiles), a, ia, lo,
+             nb[0], nb[1])
 
 
 def backward_reduce(srcs, dzs, coef, act, a, ia, lo, from_x, stream=None):
     """Per-channel ``S1 = Σ g`` and ``S2 = Σ g x̂`` in float64, shape (2, C)."""
-    sums = np.zeros((2, coef.shape[1]))
+    C = coef.shape[1]
+    sums = np.zeros((2, C))
     target, par = _plan(_size(srcs))
     fam = _scalar.FAMILY[act]
-    for (v, kind, nb), d in zip(_walk(srcs, target), dzs):
-        _run(("backward_reduce_" + kind, fam), par, v, d, coef, a, ia, lo, from_x,
-             _partials(kind, v.shape, nb), _scratch(kind, v.shape, nb, coef.dtype), nb[0],
-             nb[1], sums)
+    tiles = {}
+    for (v, d), kind, nb, r in _walk(zip(srcs, dzs), target):
+        out = sums if r == 1 else np.zeros((2, r * C))
+        _run(("backward_reduce_" + kind, fam), par, v, d, _tiled(coef, r, tiles), a, ia, lo,
+             from_x, _partials(kind, v.shape, nb), _scratch(kind, v.shape, nb, coef.dtype),
+             nb[0], nb[1], out)
+        _fold_tiles(out, r, sums)
     return sums
 
 
 def _backward_apply(srcs, dzs, dxs, coef, act, a, ia, lo, from_x, train):
     target, par = _plan(_size(srcs))
     fam = _scalar.FAMILY[act]
-    for (v, kind, nb), d, o in zip(_walk(srcs, target), dzs, dxs):
-        _run(("backward_apply_" + kind, fam), par, v, d, o, o is d, coef, a, ia, lo,
-             from_x, train, nb[0], nb[1])
+    tiles = {}
+    for (v, d, o), kind, nb, r in _walk(zip(srcs, dzs, dxs), target):
+        _run(("backward_apply_" + kind, fam), par, v, d, o, o is d, _tiled(coef, r, tiles), a,
+             ia, lo, from_x, train, nb[0], nb[1])
 
 
 def backward_train(srcs, dzs, dxs, coef, act, a, ia, lo, from_x, stream=None):

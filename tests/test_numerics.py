@@ -32,6 +32,35 @@ def test_large_offset_float32(shape, fmt, path, rng):
     assert_close(dx, ref.backward(dz0, ctx)[0], np.float32, "dx")
 
 
+@pytest.mark.parametrize("shape,fmt", [((64, 4, 32, 32), "NCHW"), ((64, 32, 32, 4), "NHWC"),
+                                       ((1, 2, 300_000), "NCHW"), ((300_000, 3), "NC"),
+                                       ((4096, 3), "NHWC")])
+@pytest.mark.parametrize("case", ["outlier first", "sorted", "tiny spread"])
+def test_statistics_hard_data_float32(shape, fmt, case, rng):
+    """Statistics of float32 data that defeat naive shifted sums, against float64:
+    an outlier as the first element (10^4 sigma: the centre of the block sums must
+    not stay there), sorted data, and a spread 1e-4 of the mean."""
+    x0 = rng.standard_normal(shape)
+    if case == "outlier first":
+        x0.flat[0] = 1e4
+    elif case == "sorted":
+        x0 = np.sort(x0, axis=None).reshape(shape)
+    else:
+        x0 = 1.0 + 1e-4 * x0
+    x0 = x0.astype(np.float32)
+    c_axis = 1 if fmt == "NCHW" else x0.ndim - 1
+    C = shape[c_axis]
+    views = [np.moveaxis(x0, c_axis, -1).reshape(-1, C)] if fmt != "NCHW" else \
+        [x0.reshape(shape[0], C, -1)]
+    count, mean, m2 = cpu.statistics(views, C)
+    xd = np.moveaxis(x0.astype(np.float64), c_axis, -1).reshape(-1, C)
+    ref_mean = xd.mean(0)
+    ref_m2 = ((xd - ref_mean) ** 2).sum(0)
+    assert count == xd.shape[0]
+    np.testing.assert_allclose(m2, ref_m2, rtol=2e-6)
+    assert np.all(np.abs(mean - ref_mean) <= 1e-6 * np.sqrt(ref_m2 / count))
+
+
 def _strided_cases(rng):
     base = rng.standard_normal((6, 8, 10, 12))
     yield "transposed spatial", base.transpose(0, 1, 3, 2), "NCHW"
