@@ -72,6 +72,16 @@ def stream_bandwidth(nbytes, repeats=7):
     return 2 * a.nbytes / best
 
 
+SWEEP_MB = (8, 32, 64, 96, 128, 256)
+
+
+def stream_by_size(sizes_mb=SWEEP_MB, repeats=7):
+    """Back-to-back streaming bandwidth (GB/s, best of ``repeats``) per array size:
+    where it drops is how much of the cache this process gets."""
+    return dict(MB=list(sizes_mb),
+                hot_GBps=[stream_bandwidth(mb << 20, repeats) / 1e9 for mb in sizes_mb])
+
+
 def _median_time(fn, prepare, repeats, warmup=2):
     times = []
     for i in range(warmup + repeats):
@@ -261,6 +271,7 @@ def run(rows=ROWS, layouts=("NCHW", "NHWC"), repeats=7, compare=True, first_call
     for shape, dtype, fmt in tqdm(todo, desc="bench", disable=not progress, leave=False):
         results["rows"].append(bench_row(shape, dtype, fmt, repeats, compare))
     results["dram_bandwidth_GBps"] = stream_bandwidth(1 << 30, repeats=3) / 1e9
+    results["stream_by_size"] = stream_by_size()
     if first_call:
         results["first_call"] = first_call_costs()
     return results
@@ -282,6 +293,10 @@ def machine():
 def table(results):
     lines = [f"machine: {results['machine']}",
              f"DRAM streaming bandwidth (1 GiB array): {results['dram_bandwidth_GBps']:.1f} GB/s",
+             "back-to-back streaming by array size: " + ", ".join(
+                 f"{mb} MB {bw:.0f} GB/s" for mb, bw in zip(
+                     results.get("stream_by_size", {}).get("MB", []),
+                     results.get("stream_by_size", {}).get("hot_GBps", []))),
              "", f"{'shape':22} {'dtype':8} {'layout':6} {'GB/s*':>11} "
              f"{'fwd-train':>16} {'fwd-eval':>16} {'bwd-train':>16} {'fused-eval':>16} "
              f"{'numpy':>6} "

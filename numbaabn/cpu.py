@@ -239,7 +239,7 @@ def _fold_cl(part, out):
             out[1, c] += part[jm, 1, c]
 
 
-@_inline
+@njit(cache=_config.CACHE)
 def _finalize(shift, count, out):
     """Shifted sums -> (mean, M2) in place: out[0] = mean, out[1] = M2."""
     for c in range(shift.shape[0]):
