@@ -170,15 +170,20 @@ def _span(j, nb, n):
 
 
 @_inline
-def _item_cf(t, C, N, S, nbn, nbs):
-    """Item t of a channels-first walk: channel c, rows n0:n1, positions s0:s1."""
-    per = nbn * nbs
-    c = t // per
-    r = t - c * per
-    jn = r // nbs
+def _item_cf(t, N, C, S, nbn, nbc, nbs):
+    """Item t of a channels-first walk: rows n0:n1, channels c0:c1, positions s0:s1,
+    and j, the row of ``part`` its partial sums go to (one per row and position block).
+    Rows are the outer loop and channels the inner one, so an item reads memory in
+    order (rows of few positions, e.g. 7x7, are not scattered reads)."""
+    per = nbc * nbs
+    jn = t // per
+    r = t - jn * per
+    jc = r // nbs
+    js = r - jc * nbs
     n0, n1 = _span(jn, nbn, N)
-    s0, s1 = _span(r - jn * nbs, nbs, S)
-    return c, n0, n1, s0, s1
+    c0, c1 = _span(jc, nbc, C)
+    s0, s1 = _span(js, nbs, S)
+    return jn * nbs + js, n0, n1, c0, c1, s0, s1
 
 
 @_inline
@@ -222,17 +227,8 @@ def _grad(sv, dv, h, g, e, a, from_x):
 # for negative indices, which kept LLVM from vectorizing (5x slower).
 
 @_inline
-def _fold_cf(part, per, out):
-    """Add the per-item partial sums of a channels-first walk into out (2, C)."""
-    for c in range(out.shape[1]):
-        for j in range(c * per, (c + 1) * per):
-            out[0, c] += part[j, 0]
-            out[1, c] += part[j, 1]
-
-
-@_inline
-def _fold_cl(part, out):
-    """Add the per-row-block partial sums of a channels-last walk into out (2, C)."""
+def _fold(part, out):
+    """Add the per-row-block partial sums of a walk, (blocks, 2, C), into out (2, C)."""
     for jm in range(part.shape[0]):
         for c in range(out.shape[1]):
             out[0, c] += part[jm, 0, c]
@@ -289,80 +285,104 @@ _BLOCK = 256
 _ROWS = 32
 
 
-def _statistics_cf(x, shift, part, scratch, nbn, nbs, out, zero):
+def _statistics_cf(x, shift, part, scratch, nbn, nbc, nbs, out, zero):
     N, C, S = x.shape
-    per = nbn * nbs
-    for t in prange(C * per):
-        c, n0, n1, s0, s1 = _item_cf(t, C, N, S, nbn, nbs)
-        a1 = 0.0
-        a2 = 0.0
-        if s1 > s0 and n1 > n0:
-            first = x[n0, c, s0:min(s0 + _BLOCK, s1)]  # centre on its mean
-            kc = zero
+    for t in prange(nbn * nbc * nbs):
+        j, n0, n1, c0, c1, s0, s1 = _item_cf(t, N, C, S, nbn, nbc, nbs)
+        p1, p2, kc = part[j, 0], part[j, 1], scratch[j, 0]
+        for c in range(c0, c1):
+            p1[c] = 0.0
+            p2[c] = 0.0
+        if s1 == s0 or n1 == n0:
+            continue
+        for c in range(c0, c1):  # centre each channel on the mean of its first block
+            first = x[n0, c, s0:min(s0 + _BLOCK, s1)]
+            k = zero
             for i in range(len(first)):
-                kc += load(first[i])
-            kc /= _as(len(first), zero)
-            for n in range(n0, n1):
+                k += load(first[i])
+            k /= _as(len(first), zero)
+            b1 = zero
+            b2 = zero
+            for i in range(len(first)):  # the block is in L1: its sums cost no memory pass
+                d = load(first[i]) - k
+                b1 += d
+                b2 += d * d
+            kc[c] = k
+            p1[c] = np.float64(b1)
+            p2[c] = np.float64(b2)
+        for n in range(n0, n1):
+            for c in range(c0, c1):
                 xr = x[n, c, s0:s1]
-                for j0 in range(0, s1 - s0, _BLOCK):
+                k = kc[c]
+                a1 = 0.0
+                a2 = 0.0
+                for j0 in range(_BLOCK if n == n0 else 0, s1 - s0, _BLOCK):
                     blk = xr[j0:min(j0 + _BLOCK, s1 - s0)]
                     b1 = zero
                     b2 = zero
                     for i in range(len(blk)):
-                        d = load(blk[i]) - kc
+                        d = load(blk[i]) - k
                         b1 += d
                         b2 += d * d
                     a1 += np.float64(b1)
                     a2 += np.float64(b2)
-            a1, a2 = _recentre(a1, a2, np.float64((n1 - n0) * (s1 - s0)), kc, shift[c])
-        part[t, 0] = a1
-        part[t, 1] = a2
-    _fold_cf(part, per, out)
+                p1[c] += a1
+                p2[c] += a2
+        cnt = np.float64((n1 - n0) * (s1 - s0))
+        for c in range(c0, c1):
+            p1[c], p2[c] = _recentre(p1[c], p2[c], cnt, kc[c], shift[c])
+    _fold(part, out)
 
 
-def _forward_cf(x, out, inplace, coef, a, ia, lo, nbn, nbs):
+def _forward_cf(x, out, inplace, coef, a, ia, lo, nbn, nbc, nbs):
     N, C, S = x.shape
-    for t in prange(C * nbn * nbs):
-        c, n0, n1, s0, s1 = _item_cf(t, C, N, S, nbn, nbs)
-        h = coef[0, c]
-        g = coef[2, c]
-        e = coef[3, c]
+    for t in prange(nbn * nbc * nbs):
+        j, n0, n1, c0, c1, s0, s1 = _item_cf(t, N, C, S, nbn, nbc, nbs)
         for n in range(n0, n1):
-            xr = x[n, c, s0:s1]
-            if inplace:  # one array reference: no runtime alias check, vectorizes
-                for i in range(s1 - s0):
-                    xr[i] = store(act_forward((load(xr[i]) - h) * g + e, a), x)
-            else:
-                orow = out[n, c, s0:s1]
-                for i in range(s1 - s0):
-                    orow[i] = store(act_forward((load(xr[i]) - h) * g + e, a), out)
+            for c in range(c0, c1):
+                h = coef[0, c]
+                g = coef[2, c]
+                e = coef[3, c]
+                xr = x[n, c, s0:s1]
+                if inplace:  # one array reference: no runtime alias check, vectorizes
+                    for i in range(s1 - s0):
+                        xr[i] = store(act_forward((load(xr[i]) - h) * g + e, a), x)
+                else:
+                    orow = out[n, c, s0:s1]
+                    for i in range(s1 - s0):
+                        orow[i] = store(act_forward((load(xr[i]) - h) * g + e, a), out)
 
 
-def _backward_reduce_cf(src, dz, coef, a, ia, lo, from_x, part, scratch, nbn, nbs, out):
+def _backward_reduce_cf(src, dz, coef, a, ia, lo, from_x, part, scratch, nbn, nbc, nbs, out):
     N, C, S = src.shape
-    per = nbn * nbs
-    for t in prange(C * per):
-        c, n0, n1, s0, s1 = _item_cf(t, C, N, S, nbn, nbs)
-        h, b, g, e, k, f = coef[0, c], coef[1, c], coef[2, c], coef[3, c], coef[7, c], coef[8, c]
-        a1 = 0.0
-        a2 = 0.0
+    for t in prange(nbn * nbc * nbs):
+        j, n0, n1, c0, c1, s0, s1 = _item_cf(t, N, C, S, nbn, nbc, nbs)
+        p1, p2 = part[j, 0], part[j, 1]
+        for c in range(c0, c1):
+            p1[c] = 0.0
+            p2[c] = 0.0
         for n in range(n0, n1):
-            for j0 in range(s0, s1, _BLOCK):
-                j1 = min(j0 + _BLOCK, s1)
-                sr = src[n, c, j0:j1]
-                dr = dz[n, c, j0:j1]
-                b1 = a - a
-                b2 = a - a
-                for i in range(j1 - j0):
-                    gr, xh = _grad_and_centred(load(sr[i]), load(dr[i]), h, b, g, e, k, f, a,
-                                               ia, lo, from_x)
-                    b1 += gr
-                    b2 += gr * xh
-                a1 += np.float64(b1)
-                a2 += np.float64(b2)
-        part[t, 0] = a1
-        part[t, 1] = a2
-    _fold_cf(part, per, out)
+            for c in range(c0, c1):
+                h, b, g, e = coef[0, c], coef[1, c], coef[2, c], coef[3, c]
+                k, f = coef[7, c], coef[8, c]
+                a1 = 0.0
+                a2 = 0.0
+                for j0 in range(s0, s1, _BLOCK):
+                    j1 = min(j0 + _BLOCK, s1)
+                    sr = src[n, c, j0:j1]
+                    dr = dz[n, c, j0:j1]
+                    b1 = a - a
+                    b2 = a - a
+                    for i in range(j1 - j0):
+                        gr, xh = _grad_and_centred(load(sr[i]), load(dr[i]), h, b, g, e, k, f,
+                                                   a, ia, lo, from_x)
+                        b1 += gr
+                        b2 += gr * xh
+                    a1 += np.float64(b1)
+                    a2 += np.float64(b2)
+                p1[c] += a1
+                p2[c] += a2
+    _fold(part, out)
 
 
 def _apply_row(sr, dr, xr, dx, cc, a, ia, lo, from_x, train):
@@ -385,24 +405,25 @@ def _apply_row(sr, dr, xr, dx, cc, a, ia, lo, from_x, train):
                                             _at(e, i), a, from_x), dx)
 
 
-def _backward_apply_cf(src, dz, dx, inplace, coef, a, ia, lo, from_x, train, nbn, nbs):
+def _backward_apply_cf(src, dz, dx, inplace, coef, a, ia, lo, from_x, train, nbn, nbc, nbs):
     N, C, S = src.shape
-    for t in prange(C * nbn * nbs):
-        c, n0, n1, s0, s1 = _item_cf(t, C, N, S, nbn, nbs)
-        cc = (coef[0, c], coef[1, c], coef[2, c], coef[3, c], coef[7, c], coef[8, c],
-              coef[4, c], coef[5, c], coef[6, c])
+    for t in prange(nbn * nbc * nbs):
+        j, n0, n1, c0, c1, s0, s1 = _item_cf(t, N, C, S, nbn, nbc, nbs)
         for n in range(n0, n1):
-            sr = src[n, c, s0:s1]
-            dr = dz[n, c, s0:s1]
-            if inplace:
-                _apply_row(sr, dr, dr, dx, cc, a, ia, lo, from_x, train)
-            else:
-                _apply_row(sr, dr, dx[n, c, s0:s1], dx, cc, a, ia, lo, from_x, train)
+            for c in range(c0, c1):
+                cc = (coef[0, c], coef[1, c], coef[2, c], coef[3, c], coef[7, c], coef[8, c],
+                      coef[4, c], coef[5, c], coef[6, c])
+                sr = src[n, c, s0:s1]
+                dr = dz[n, c, s0:s1]
+                if inplace:
+                    _apply_row(sr, dr, dr, dx, cc, a, ia, lo, from_x, train)
+                else:
+                    _apply_row(sr, dr, dx[n, c, s0:s1], dx, cc, a, ia, lo, from_x, train)
 
 
 # ---- channels last: views (M, C) ---------------------------------------------------
 
-def _statistics_cl(x, shift, part, scratch, nbm, nbc, out, zero):
+def _statistics_cl(x, shift, part, scratch, nbm, nbc, _nb, out, zero):
     M, C = x.shape
     for t in prange(nbm * nbc):
         jm, m0, m1, c0, c1 = _item_cl(t, M, C, nbm, nbc)
@@ -439,10 +460,10 @@ def _statistics_cl(x, shift, part, scratch, nbm, nbc, out, zero):
         cnt = np.float64(m1 - m0)
         for c in range(w):
             p1[c], p2[c] = _recentre(p1[c], p2[c], cnt, kc[c], k[c])
-    _fold_cl(part, out)
+    _fold(part, out)
 
 
-def _forward_cl(x, out, inplace, coef, a, ia, lo, nbm, nbc):
+def _forward_cl(x, out, inplace, coef, a, ia, lo, nbm, nbc, _nb):
     M, C = x.shape
     for t in prange(nbm * nbc):
         jm, m0, m1, c0, c1 = _item_cl(t, M, C, nbm, nbc)
@@ -461,7 +482,7 @@ def _forward_cl(x, out, inplace, coef, a, ia, lo, nbm, nbc):
                     orow[c] = store(act_forward((load(xr[c]) - h[c]) * g[c] + e[c], a), out)
 
 
-def _backward_reduce_cl(src, dz, coef, a, ia, lo, from_x, part, scratch, nbm, nbc, out):
+def _backward_reduce_cl(src, dz, coef, a, ia, lo, from_x, part, scratch, nbm, nbc, _nb, out):
     M, C = src.shape
     for t in prange(nbm * nbc):
         jm, m0, m1, c0, c1 = _item_cl(t, M, C, nbm, nbc)
@@ -488,10 +509,10 @@ def _backward_reduce_cl(src, dz, coef, a, ia, lo, from_x, part, scratch, nbm, nb
             for c in range(w):
                 p1[c] += np.float64(b1[c])
                 p2[c] += np.float64(b2[c])
-    _fold_cl(part, out)
+    _fold(part, out)
 
 
-def _backward_apply_cl(src, dz, dx, inplace, coef, a, ia, lo, from_x, train, nbm, nbc):
+def _backward_apply_cl(src, dz, dx, inplace, coef, a, ia, lo, from_x, train, nbm, nbc, _nb):
     M, C = src.shape
     for t in prange(nbm * nbc):
         jm, m0, m1, c0, c1 = _item_cl(t, M, C, nbm, nbc)
@@ -590,21 +611,24 @@ def _run(key, parallel, *args):
 
 
 def _blocks_cf(shape, target):
+    """(row blocks, channel blocks, position blocks) of a channels-first walk."""
     N, C, S = shape
     if not target:
-        return 1, 1
-    nbn = max(1, min(N, -(-target // C)))
-    nbs = max(1, min(-(-S // 4096), -(-target // (C * nbn))))
-    return nbn, nbs
+        return 1, 1, 1
+    nbn = max(1, min(N, target))
+    nbc = max(1, min(C, -(-target // nbn)))
+    nbs = max(1, min(-(-S // 4096), -(-target // (nbn * nbc))))
+    return nbn, nbc, nbs
 
 
 def _blocks_cl(shape, target):
+    """(row blocks, channel blocks, 1) of a channels-last walk."""
     M, C = shape
     if not target:
-        return 1, 1
+        return 1, 1, 1
     nbm = max(1, min(-(-M // 64), target))
     nbc = max(1, min(-(-C // 64), -(-target // nbm)))
-    return nbm, nbc
+    return nbm, nbc, 1
 
 
 def _size(views):
@@ -674,14 +698,13 @@ def _fold_tiles(wide, r, out):
 
 
 def _scratch(kind, shape, nb, dtype):
-    """Per-row-block block sums (and shifts) of a channels-last walk, compute dtype."""
-    return np.empty((nb[0], 3, shape[1]) if kind == "cl" else (1, 1, 1), dtype)
+    """Per-block sums and centres of a walk (compute dtype), (blocks, 3, C)."""
+    return np.empty((nb[0] * nb[2], 3, shape[1]), dtype)
 
 
 def _partials(kind, shape, nb):
-    if kind == "cf":
-        return np.empty((shape[1] * nb[0] * nb[1], 2))
-    return np.empty((nb[0], 2, shape[1]))
+    """Per-block float64 partial sums of a walk, (blocks, 2, C)."""
+    return np.empty((nb[0] * nb[2], 2, shape[1]))
 
 
 # ---- primitives --------------------------------------------------------------------
@@ -717,8 +740,7 @@ def statistics(views, C, stream=None):
     for (v,), kind, nb, r in _walk([(v,) for v in views], target):
         out = sums if r == 1 else np.zeros((2, r * C))
         _run(("statistics_" + kind, "any"), par, v, _tiled(shift, r, tiles),
-             _partials(kind, v.shape, nb), _scratch(kind, v.shape, nb, cdt), nb[0], nb[1],
-             out, cdt(0))
+             _partials(kind, v.shape, nb), _scratch(kind, v.shape, nb, cdt), *nb, out, cdt(0))
         _fold_tiles(out, r, sums)
     _finalize(shift, float(count), sums)
     return count, sums[0], sums[1]
@@ -731,7 +753,7 @@ def forward(views, outs, coef, act, a, ia, lo, stream=None):
     tiles = {}
     for (v, o), kind, nb, r in _walk(zip(views, outs), target):
         _run(("forward_" + kind, fam), par, v, o, o is v, _tiled(coef, r, tiles), a, ia, lo,
-             nb[0], nb[1])
+             *nb)
 
 
 def backward_reduce(srcs, dzs, coef, act, a, ia, lo, from_x, stream=None):
@@ -745,7 +767,7 @@ def backward_reduce(srcs, dzs, coef, act, a, ia, lo, from_x, stream=None):
         out = sums if r == 1 else np.zeros((2, r * C))
         _run(("backward_reduce_" + kind, fam), par, v, d, _tiled(coef, r, tiles), a, ia, lo,
              from_x, _partials(kind, v.shape, nb), _scratch(kind, v.shape, nb, coef.dtype),
-             nb[0], nb[1], out)
+             *nb, out)
         _fold_tiles(out, r, sums)
     return sums
 
@@ -756,7 +778,7 @@ def _backward_apply(srcs, dzs, dxs, coef, act, a, ia, lo, from_x, train):
     tiles = {}
     for (v, d, o), kind, nb, r in _walk(zip(srcs, dzs, dxs), target):
         _run(("backward_apply_" + kind, fam), par, v, d, o, o is d, _tiled(coef, r, tiles), a,
-             ia, lo, from_x, train, nb[0], nb[1])
+             ia, lo, from_x, train, *nb)
 
 
 def backward_train(srcs, dzs, dxs, coef, act, a, ia, lo, from_x, stream=None):
