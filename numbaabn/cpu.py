@@ -38,7 +38,8 @@ size is allocated: the only temporaries are per-block partial sums, O(C · block
 
 float16 data is processed through its uint16 bit pattern (``kernel_view``), with
 exact round-to-nearest-even conversion, because Numba's CPU target has no float16.
-Statistics and gradient sums accumulate in float64.
+Statistics and gradient sums accumulate in float64 over block sums of the compute
+dtype (see ``_BLOCK``).
 """
 import os
 import threading
@@ -723,9 +724,9 @@ def copy(a, stream=None):
 def statistics(views, C, stream=None):
     """Per-channel count, mean and M2 (sum of squared deviations), float64 (C,).
 
-    Sums are centred on the channel's first element (then on the mean of each work
-    item's first block), which keeps the variance accurate for data with a large
-    offset (x = 1e4 + N(0, 1))."""
+    Each work item centres its sums on the mean of its first block, then moves them
+    to the channel's first element (exactly, in float64) to merge: the variance stays
+    accurate for data with a large offset (x = 1e4 + N(0, 1)) or an outlier."""
     size = _size(views)
     count = size // C if C else 0
     shift = np.zeros(C)
