@@ -282,8 +282,21 @@ def _recentre(a1, a2, cnt, k, knew):
 # most its share of one block), and each item's sums move to the channel's shift
 # exactly in float64 before they fold. Limit: float32 squares overflow beyond
 # |x - mean| ~ 1e19, where the statistics come out non-finite and training raises.
-_BLOCK = 256
+_BLOCK = 1024
 _ROWS = 32
+
+
+@_inline
+def _centred_sums(blk, k, zero):
+    """Σ(x - k) and Σ(x - k)² over one block, summed in the compute dtype (the type of
+    ``zero``), returned as float64."""
+    b1 = zero
+    b2 = zero
+    for i in range(len(blk)):
+        d = load(blk[i]) - k
+        b1 += d
+        b2 += d * d
+    return np.float64(b1), np.float64(b2)
 
 
 def _statistics_cf(x, shift, part, scratch, nbn, nbc, nbs, out, zero):
@@ -302,15 +315,8 @@ def _statistics_cf(x, shift, part, scratch, nbn, nbc, nbs, out, zero):
             for i in range(len(first)):
                 k += load(first[i])
             k /= _as(len(first), zero)
-            b1 = zero
-            b2 = zero
-            for i in range(len(first)):  # the block is in L1: its sums cost no memory pass
-                d = load(first[i]) - k
-                b1 += d
-                b2 += d * d
             kc[c] = k
-            p1[c] = np.float64(b1)
-            p2[c] = np.float64(b2)
+            p1[c], p2[c] = _centred_sums(first, k, zero)  # in L1: no memory pass
         for n in range(n0, n1):
             for c in range(c0, c1):
                 xr = x[n, c, s0:s1]
@@ -318,15 +324,9 @@ def _statistics_cf(x, shift, part, scratch, nbn, nbc, nbs, out, zero):
                 a1 = 0.0
                 a2 = 0.0
                 for j0 in range(_BLOCK if n == n0 else 0, s1 - s0, _BLOCK):
-                    blk = xr[j0:min(j0 + _BLOCK, s1 - s0)]
-                    b1 = zero
-                    b2 = zero
-                    for i in range(len(blk)):
-                        d = load(blk[i]) - k
-                        b1 += d
-                        b2 += d * d
-                    a1 += np.float64(b1)
-                    a2 += np.float64(b2)
+                    b1, b2 = _centred_sums(xr[j0:min(j0 + _BLOCK, s1 - s0)], k, zero)
+                    a1 += b1
+                    a2 += b2
                 p1[c] += a1
                 p2[c] += a2
         cnt = np.float64((n1 - n0) * (s1 - s0))
