@@ -698,12 +698,12 @@ def _fold_tiles(wide, r, out):
     out += wide.reshape(2, r, out.shape[1]).sum(axis=1)
 
 
-def _scratch(kind, shape, nb, dtype):
+def _scratch(shape, nb, dtype):
     """Per-block sums and centres of a walk (compute dtype), (blocks, 3, C)."""
     return np.empty((nb[0] * nb[2], 3, shape[1]), dtype)
 
 
-def _partials(kind, shape, nb):
+def _partials(shape, nb):
     """Per-block float64 partial sums of a walk, (blocks, 2, C)."""
     return np.empty((nb[0] * nb[2], 2, shape[1]))
 
@@ -741,7 +741,7 @@ def statistics(views, C, stream=None):
     for (v,), kind, nb, r in _walk([(v,) for v in views], target):
         out = sums if r == 1 else np.zeros((2, r * C))
         _run(("statistics_" + kind, "any"), par, v, _tiled(shift, r, tiles),
-             _partials(kind, v.shape, nb), _scratch(kind, v.shape, nb, cdt), *nb, out, cdt(0))
+             _partials(v.shape, nb), _scratch(v.shape, nb, cdt), *nb, out, cdt(0))
         _fold_tiles(out, r, sums)
     _finalize(shift, float(count), sums)
     return count, sums[0], sums[1]
@@ -767,7 +767,7 @@ def backward_reduce(srcs, dzs, coef, act, a, ia, lo, from_x, stream=None):
     for (v, d), kind, nb, r in _walk(zip(srcs, dzs), target):
         out = sums if r == 1 else np.zeros((2, r * C))
         _run(("backward_reduce_" + kind, fam), par, v, d, _tiled(coef, r, tiles), a, ia, lo,
-             from_x, _partials(kind, v.shape, nb), _scratch(kind, v.shape, nb, coef.dtype),
+             from_x, _partials(v.shape, nb), _scratch(v.shape, nb, coef.dtype),
              *nb, out)
         _fold_tiles(out, r, sums)
     return sums
