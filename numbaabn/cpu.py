@@ -274,7 +274,7 @@ def _recentre(a1, a2, cnt, k, knew):
 # Statistics and gradient sums: each element is added to a partial sum of the
 # compute dtype over a block of at most _BLOCK elements (channels first) or _ROWS
 # rows (channels last), and the block sums accumulate in float64. The rounding error
-# of a float32 block sum is bounded by the block length (a few 1e-7 relative), it
+# of a float32 block sum is bounded by the block length (<= ~2e-6, typically ~3e-7), it
 # does not grow with the tensor, and the block loops run at the speed of float32
 # vectors (float64 accumulation of every element converts every element: ~1.5x
 # slower). For float64 data the blocks are float64. Statistics are centred, per work
