@@ -26,7 +26,6 @@ Kernels:
 in the channels-last reductions) are module attributes; tests set them small so
 that tiny arrays still cross block and grid boundaries.
 """
-import math
 import types as pytypes
 
 import numpy as np

@@ -3,8 +3,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 SCRIPT = """
 import numpy as np, numbaabn
 from numbaabn import _config

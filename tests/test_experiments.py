@@ -1,7 +1,6 @@
 """The memory-footprint experiment in its fast mode: fields, ratios, files, plot."""
 import csv
 import json
-import os
 import subprocess
 import sys
 
