@@ -84,6 +84,12 @@ def _backend_for(x, others, names, host_params=False):
 
 # ---- option checks ----------------------------------------------------------------
 
+def _is_real(v):
+    """A real number, not a bool (a float is checked first: an ABC check costs ~0.7 µs,
+    a noticeable share of a small tensor's call)."""
+    return type(v) is float or (isinstance(v, numbers.Real) and not isinstance(v, bool))
+
+
 def _activation(activation, activation_param, in_place):
     name = "identity" if activation is None else activation
     if name not in _ACTIVATIONS:
@@ -96,7 +102,7 @@ def _activation(activation, activation_param, in_place):
                          f"BatchNorm(in_place=False) for {name!r})")
     if code in (_scalar.IDENTITY, _scalar.RELU) or activation_param is None:
         return code, default
-    if (not isinstance(activation_param, numbers.Real) or isinstance(activation_param, bool)
+    if (not _is_real(activation_param)
             or not math.isfinite(activation_param) or activation_param <= 0):
         raise ValueError(f"activation_param for {name!r} must be a finite number > 0, "
                          f"got {activation_param!r}")
@@ -114,10 +120,10 @@ def _channels_last(data_format):
 
 
 def _options(momentum, eps, weight_mode):
-    if (not isinstance(eps, numbers.Real) or isinstance(eps, bool) or not math.isfinite(eps)
+    if (not _is_real(eps) or not math.isfinite(eps)
             or eps <= 0):
         raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
-    if (not isinstance(momentum, numbers.Real) or isinstance(momentum, bool)
+    if (not _is_real(momentum)
             or not 0.0 <= momentum <= 1.0):
         raise ValueError(f"momentum must be a number in [0, 1], got {momentum!r}")
     if weight_mode not in ("abs", "signed"):
@@ -235,7 +241,10 @@ def _views(arrays, c_axis, backend):
     if backend.IS_DEVICE:
         return backend.views(arrays, c_axis)
     a = arrays[0]
-    if all(b.flags.c_contiguous for b in arrays):  # the common case, without planning
+    contiguous = True
+    for b in arrays:
+        contiguous = contiguous and b.flags.c_contiguous
+    if contiguous:  # the common case, without planning
         C = a.shape[c_axis]
         rows = a.size // C if C else 0
         if c_axis == a.ndim - 1 or rows == a.shape[0]:

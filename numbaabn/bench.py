@@ -93,6 +93,24 @@ def _median_time(fn, prepare, repeats, warmup=2):
     return float(np.median(times))
 
 
+BACK_TO_BACK_MAX = 1 << 20  # bytes: rows this small also get a back-to-back per-call time
+
+
+def _per_call(fn, prepare, calls=200, repeats=7):
+    """Median over ``repeats`` loops of the time per call of ``calls`` back-to-back
+    calls (after one ``prepare``). For small tensors, where the fixed costs of a call
+    dominate: interleaved with other operations and stream passes (``_paired_times``),
+    each call also pays for caches and branch predictors the others left cold."""
+    times = []
+    for _ in range(repeats + 1):
+        prepare()
+        t = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        times.append((time.perf_counter() - t) / calls)
+    return float(np.median(times[1:]))
+
+
 def _layout(shape, fmt):
     if fmt == "NHWC" and len(shape) > 2:
         return (shape[0],) + shape[2:] + (shape[1],)
@@ -219,6 +237,9 @@ def bench_row(shape, dtype, fmt, repeats=7, compare=True):
         row[op] = dict(seconds=sec, GBps=PASSES[op] * x0.nbytes / sec / 1e9,
                        bandwidth_GBps=bw / 1e9, floor_seconds=floor, ratio_to_floor=sec / floor,
                        ratio_to_hot_floor=sec * hot / (PASSES[op] * x0.nbytes))
+    if x0.nbytes <= BACK_TO_BACK_MAX:  # training forward renormalizes: values stay O(1)
+        row["forward-train"]["back_to_back_seconds"] = _per_call(ops["forward-train"][0],
+                                                                 restore_x)
     ours = t["forward-train"][0] + t["backward-train"][0]
     if compare and dtype != "float16":
         xn, dzn = x0.astype(np.float32 if dtype == "float32" else np.float64), dz0
@@ -315,6 +336,11 @@ def table(results):
                      f"{r['forward-train']['bandwidth_GBps']:5.1f}/"
                      f"{r['backward-train']['bandwidth_GBps']:5.1f} " + " ".join(cells) + " "
                      + " ".join(opt))
+    for r in results["rows"]:
+        b2b = r["forward-train"].get("back_to_back_seconds")
+        if b2b is not None:
+            lines.append(f"{str(tuple(r['shape']))} {r['dtype']} {r['layout']}: forward-train "
+                         f"{b2b * 1e6:.1f} us per call back to back")
     lines += ["", "time and time/floor per operation; GB/s*: streaming bandwidth measured on "
               "the operation's arrays in its conditions (forward / backward); numpy / torch f / torch fb: their time over numbaabn's "
               "(forward+backward; torch f: forward only)"]

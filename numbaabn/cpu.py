@@ -642,9 +642,10 @@ def _size(views):
 
 
 _WIDE = 512  # channels-last rows are merged into rows of about this many elements
+_WIDEN_ROWS_MIN = 4096  # ... in a small tensor, from this many rows (see _widen)
 
 
-def _widen(group):
+def _widen(group, target):
     """Split a group of same-shape views (source, gradient, output...) for the walk.
 
     A channels-last ``(M, C)`` walk runs its inner loop over the C channels of a row:
@@ -652,34 +653,45 @@ def _widen(group):
     elements. When every array of the group has contiguous rows, r rows are merged into
     one row of r * C elements (a view, never a copy) and the per-channel constants are
     tiled r times; the leftover M % r rows form a second group. Returns a list of
-    ``(group, r)``; arrays that were the same object stay the same object."""
+    ``(group, r)``; arrays that were the same object stay the same object.
+
+    A small tensor (``target`` 0: one serial item) is widened only when it has many
+    rows: tiling the constants and folding the tiled sums costs ~15-40 µs a call, a
+    row ~14 ns. Measured forward-train, widened vs not: (8, 8, 8, 64) 69 vs 50 µs,
+    (8, 8, 8, 3) 95 vs 52 µs, (16, 32, 32, 3) 122 vs 350 µs."""
     v = group[0]
     if v.ndim != 2:
         return [(group, 1)]
     M, C = v.shape
     r = min(M, _WIDE // max(C, 1))
-    if r <= 1 or not all(a.strides == (C * a.itemsize, a.itemsize) for a in group):
+    if r <= 1 or (not target and M < _WIDEN_ROWS_MIN):
         return [(group, 1)]
+    for a in group:
+        if a.strides != (C * a.itemsize, a.itemsize):
+            return [(group, 1)]
     q = M // r * r
-    parts = [(tuple(_merged(group, lambda b: b[:q].reshape(q // r, r * C))), r)]
+    parts = [(_merged(group, lambda b: b[:q].reshape(q // r, r * C)), r)]
     if q < M:
-        parts.append((tuple(_merged(group, lambda b: b[q:])), 1))
+        parts.append((_merged(group, lambda b: b[q:]), 1))
     return parts
 
 
 def _merged(group, view):
-    seen = {}
-    for a in group:
-        if id(a) not in seen:
-            seen[id(a)] = view(a)
-        yield seen[id(a)]
+    """``view`` of every array of ``group``; the same object gives the same view."""
+    out = []
+    for i, a in enumerate(group):
+        j = 0
+        while group[j] is not a:
+            j += 1
+        out.append(out[j] if j < i else view(a))
+    return tuple(out)
 
 
 def _walk(groups, target):
     """(group, kind, blocks, r) for every group of same-shape views; r > 1 when
     channels-last rows were merged (``_widen``)."""
     for group in groups:
-        for g, r in _widen(group):
+        for g, r in _widen(group, target):
             v = g[0]
             if v.ndim == 3:
                 yield g, "cf", _blocks_cf(v.shape, target), r
@@ -687,20 +699,41 @@ def _walk(groups, target):
                 yield g, "cl", _blocks_cl(v.shape, target), r
 
 
+@njit(cache=_config.CACHE)
+def _tile(a, r):
+    """(K, C) -> (K, r * C), each row repeated r times along it (compiled: np.tile
+    costs ~6 µs a call, a noticeable share of a small tensor's forward)."""
+    K, C = a.shape
+    out = np.empty((K, r * C), a.dtype)
+    for k in range(K):
+        for j in range(r):
+            for c in range(C):
+                out[k, j * C + c] = a[k, c]
+    return out
+
+
 def _tiled(a, r, cache):
-    """Per-channel constants (last axis C) repeated r times along it."""
+    """Per-channel constants ((C,) or (K, C)) repeated r times along the last axis."""
     if r == 1:
         return a
     if r not in cache:
-        cache[r] = np.ascontiguousarray(np.tile(a, (1,) * (a.ndim - 1) + (r,)))
+        cache[r] = _tile(a.reshape(-1, a.shape[-1]), r).reshape(a.shape[:-1] + (-1,))
     return cache[r]
 
 
+@njit(cache=_config.CACHE)
+def _fold_tiled(wide, out):
+    """Add the sums of the tiled copies of each channel, (2, r * C), into out (2, C)."""
+    C = out.shape[1]
+    for k in range(2):
+        for j in range(wide.shape[1] // C):
+            for c in range(C):
+                out[k, c] += wide[k, j * C + c]
+
+
 def _fold_tiles(wide, r, out):
-    """Add the sums of r tiled copies of each channel, (2, r * C), into out (2, C)."""
-    if r == 1:
-        return
-    out += wide.reshape(2, r, out.shape[1]).sum(axis=1)
+    if r > 1:
+        _fold_tiled(wide, out)
 
 
 def _scratch(shape, nb, dtype):

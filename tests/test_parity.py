@@ -5,6 +5,7 @@ import pytest
 
 import numbaabn
 import reference as ref
+from numbaabn import cpu
 from conftest import assert_close, assert_f16_forward, assert_sums_close, channels_of
 
 SHAPES = {2: (9, 4), 3: (3, 4, 7), 4: (2, 3, 5, 4), 5: (2, 1, 3, 4, 3)}
@@ -48,6 +49,32 @@ def test_inplace_matches_reference(dtype, act, cl, rank, mode, weight_mode, rng)
     shape = SHAPES[rank]
     if cl and rank > 2:
         shape = (shape[0],) + shape[2:] + (shape[1],)
+    check_inplace(dtype, act, cl, shape, mode, weight_mode, rng)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("shape", [(300, 4), (4, 10, 10, 3)], ids=["rank2", "rank4"])
+@pytest.mark.parametrize("act", ["identity", "leaky_relu", "elu"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+def test_widened_channels_last_rows_match_reference(dtype, act, shape, mode, rng, monkeypatch):
+    """Channels-last rows merged into wide rows with tiled constants (``cpu._widen``:
+    the path of large tensors; small ones take it only from 4096 rows), forced here on
+    small tensors, with leftover rows (300 = 2 x 128 + 44; 400 = 2 x 170 + 60)."""
+    monkeypatch.setattr(cpu, "_WIDEN_ROWS_MIN", 0)
+    seen = []
+    widen = cpu._widen
+
+    def spy(group, target):
+        parts = widen(group, target)
+        seen.extend(r for _, r in parts)
+        return parts
+
+    monkeypatch.setattr(cpu, "_widen", spy)
+    check_inplace(dtype, act, True, shape, mode, "abs", rng)
+    assert max(seen) > 1 and 1 in seen  # widened rows and leftover rows both ran
+
+
+def check_inplace(dtype, act, cl, shape, mode, weight_mode, rng):
     C = channels_of(shape, cl)
     layer = make_layer(numbaabn.InPlaceABN, C, dtype, act, cl, mode, weight_mode)
     init_params(layer, rng, weight_mode, dtype)
