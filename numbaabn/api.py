@@ -10,9 +10,7 @@ import numbers
 import sys
 
 import numpy as np
-from numba import njit
-
-from . import _config, _scalar, cpu, mpi_sync
+from . import _scalar, cpu, mpi_sync
 
 __all__ = [
     "inplace_abn_forward", "inplace_abn_backward", "inplace_abn",
@@ -267,36 +265,7 @@ class _Saved:
                  "device_grads", "stream")
 
 
-@njit(**_config.jit_options(False))
-def _fill_coefficients(mean, var, w, b, eps, abs_mode, in_place, batch_stats, coef,
-                       update, momentum, running_mean, running_var):
-    """Rows 0-3, 7, 8 of ``coef`` (see cpu.py) from float64 statistics and
-    parameters, then (``update``) the running statistics. Returns False, having
-    written nothing, where batch statistics are not finite."""
-    C = mean.shape[0]
-    if batch_stats:
-        for c in range(C):
-            if not (np.isfinite(mean[c]) and np.isfinite(var[c])):
-                return False
-    for c in range(C):
-        s = abs(w[c]) + eps if abs_mode else w[c]
-        inv_std = 1.0 / np.sqrt(var[c] + eps)
-        coef[0, c] = mean[c]                  # rounded to the compute dtype
-        low = mean[c] - np.float64(coef[0, c])
-        g = s * inv_std
-        coef[1, c] = b[c]
-        coef[2, c] = g
-        coef[3, c] = b[c] - low * g
-        if in_place:
-            coef[7, c] = 1.0 / s if s != 0 else np.inf  # signed zero: backward refuses
-        else:
-            coef[7, c] = inv_std
-            coef[8, c] = -low * inv_std
-    if update:  # nothing can fail after the coefficients: the write pass follows
-        for c in range(C):
-            running_mean[c] = momentum * running_mean[c] + (1.0 - momentum) * mean[c]
-            running_var[c] = momentum * running_var[c] + (1.0 - momentum) * var[c]
-    return True
+_fill_coefficients = cpu.fill_coefficients
 
 
 def _host(a):
@@ -372,6 +341,30 @@ def _forward(x, weight, bias, running_mean, running_var, *, training, momentum, 
     if hook is not None:
         mpi_sync.check_consistent(hook, 1, C, x.dtype, channels_last, batch_stats)
 
+    # ---- per-channel inputs of the coefficients, on the host
+    w = None if weight is None else np.asarray(_host(weight), dtype=np.float64)
+    b = np.zeros(C) if bias is None else np.asarray(_host(bias), dtype=np.float64)
+    w_arg = np.ones(C) if w is None else w
+    coef = np.zeros((9, C), dtype=cdtype)  # rows: see cpu.py
+    abs_mode = weight_mode == "abs" and w is not None
+    rm_arg = _host(running_mean) if update else _NO_RUNNING[pdtype]
+    rv_arg = _host(running_var) if update else _NO_RUNNING[pdtype]
+    a, ia, lo = _act_constants(alpha, cdtype)
+    count = x.size // C if C else 0
+
+    # a small tensor's whole training forward in one compiled call (None: not small)
+    small = None
+    if batch_stats and in_place and hook is None and not backend.IS_DEVICE and count > 1:
+        small = backend.forward_train_small(views, w_arg, b, float(eps), abs_mode, coef,
+                                            update, float(momentum), rm_arg, rv_arg, act, a,
+                                            ia, lo)
+    if small is not None:
+        if not small[0]:
+            raise _non_finite(*small[1])
+        return caller_x, _saved(backend, x, x, c_axis, in_place, batch_stats, count, coef, w,
+                                bias, weight_mode, hook, channels_last, host_params, stream,
+                                act, a, ia, lo)
+
     # ---- statistics (read-only pass), merged across workers when synchronized
     if batch_stats:
         count, mean, m2 = backend.statistics(views, C, stream=stream)
@@ -383,35 +376,36 @@ def _forward(x, weight, bias, running_mean, running_var, *, training, momentum, 
                              + (f" ({count} in all across workers)" if hook else ""))
         var = m2 / count if count else np.zeros(C)
     else:
-        count = x.size // C if C else 0
         mean = np.asarray(_host(running_mean), dtype=np.float64)
         var = np.asarray(_host(running_var), dtype=np.float64)
 
-    # ---- per-channel coefficients (and the check of the batch statistics), on the host
-    w = None if weight is None else np.asarray(_host(weight), dtype=np.float64)
-    b = np.zeros(C) if bias is None else np.asarray(_host(bias), dtype=np.float64)
-    coef = np.zeros((9, C), dtype=cdtype)  # rows: see cpu.py
-    abs_mode = weight_mode == "abs" and w is not None
-    rm_arg = _host(running_mean) if update else _NO_RUNNING[pdtype]
-    rv_arg = _host(running_var) if update else _NO_RUNNING[pdtype]
-    if not _fill_coefficients(mean, var, np.ones(C) if w is None else w, b, float(eps),
-                              abs_mode, in_place, batch_stats, coef, update, float(momentum),
-                              rm_arg, rv_arg):
-        bad = np.flatnonzero(~(np.isfinite(mean) & np.isfinite(var)))
-        raise FloatingPointError(f"non-finite batch statistics in channels {bad.tolist()}"
-                                 " (the input holds NaN or Inf there); nothing was written")
+    # ---- coefficients (and the check of the batch statistics)
+    if not _fill_coefficients(mean, var, w_arg, b, float(eps), abs_mode, in_place, batch_stats,
+                              coef, update, float(momentum), rm_arg, rv_arg):
+        raise _non_finite(mean, var)
 
     # ---- write
     if in_place:
         out, src = caller_x, x
     else:
         src = backend.copy(x, stream=stream)
-    a, ia, lo = _act_constants(alpha, cdtype)
     backend.forward(views, out_views, coef, act, a, ia, lo, stream=stream)
     if update and _is_device(running_mean):  # running statistics live on the device
         backend.as_device(running_mean).copy_to_device(rm_arg, stream=backend._s(stream))
         backend.as_device(running_var).copy_to_device(rv_arg, stream=backend._s(stream))
 
+    return out, _saved(backend, x, src, c_axis, in_place, batch_stats, count, coef, w, bias,
+                       weight_mode, hook, channels_last, host_params, stream, act, a, ia, lo)
+
+
+def _non_finite(mean, var):
+    bad = np.flatnonzero(~(np.isfinite(mean) & np.isfinite(var)))
+    return FloatingPointError(f"non-finite batch statistics in channels {bad.tolist()}"
+                              " (the input holds NaN or Inf there); nothing was written")
+
+
+def _saved(backend, x, src, c_axis, in_place, batch_stats, count, coef, w, bias, weight_mode,
+           hook, channels_last, host_params, stream, act, a, ia, lo):
     saved = _Saved()
     saved.backend, saved.src = backend, src
     saved.shape, saved.dtype, saved.c_axis = tuple(x.shape), x.dtype, c_axis
@@ -422,7 +416,7 @@ def _forward(x, weight, bias, running_mean, running_var, *, training, momentum, 
     saved.device_grads = backend.IS_DEVICE and not host_params
     saved.stream = stream
     saved.act, saved.alpha, saved.ialpha, saved.lo = act, a, ia, lo
-    return out, saved
+    return saved
 
 
 def _backward(dz, saved, in_place, stream=None):

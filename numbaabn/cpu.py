@@ -746,6 +746,73 @@ def _partials(shape, nb):
     return np.empty((nb[0] * nb[2], 2, shape[1]))
 
 
+# ---- per-channel coefficients, and the small training forward in one call ---------
+
+@njit(**_config.jit_options(False))
+def fill_coefficients(mean, var, w, b, eps, abs_mode, in_place, batch_stats, coef,
+                       update, momentum, running_mean, running_var):
+    """Rows 0-3, 7, 8 of ``coef`` (see above) from float64 statistics and
+    parameters, then (``update``) the running statistics. Returns False, having
+    written nothing, where batch statistics are not finite."""
+    C = mean.shape[0]
+    if batch_stats:
+        for c in range(C):
+            if not (np.isfinite(mean[c]) and np.isfinite(var[c])):
+                return False
+    for c in range(C):
+        s = abs(w[c]) + eps if abs_mode else w[c]
+        inv_std = 1.0 / np.sqrt(var[c] + eps)
+        coef[0, c] = mean[c]                  # rounded to the compute dtype
+        low = mean[c] - np.float64(coef[0, c])
+        g = s * inv_std
+        coef[1, c] = b[c]
+        coef[2, c] = g
+        coef[3, c] = b[c] - low * g
+        if in_place:
+            coef[7, c] = 1.0 / s if s != 0 else np.inf  # signed zero: backward refuses
+        else:
+            coef[7, c] = inv_std
+            coef[8, c] = -low * inv_std
+    if update:  # nothing can fail after the coefficients: the write pass follows
+        for c in range(C):
+            running_mean[c] = momentum * running_mean[c] + (1.0 - momentum) * mean[c]
+            running_var[c] = momentum * running_var[c] + (1.0 - momentum) * var[c]
+    return True
+
+
+_small_statistics = _small_forward = None  # bound per layout and family (_SMALL, _clone)
+
+
+def _forward_train_small(x, first, w, b, eps, abs_mode, coef, update, momentum, rm, rv, a,
+                         ia, lo, zero):
+    """statistics + coefficients + running statistics + forward of a small tensor in
+    one compiled call (the serial kernels, as ``statistics`` and ``forward`` run them;
+    five separate calls cost ~10 µs of dispatch and Python). Returns (ok, sums):
+    sums[0] the mean, sums[1] the variance; nothing is written where not ok."""
+    C = coef.shape[1]
+    shift = np.zeros(C)
+    _init_shift(first, shift)
+    sums = np.zeros((2, C))
+    _small_statistics(x, shift, np.empty((1, 2, C)), np.empty((1, 3, C), coef.dtype), 1, 1,
+                      1, sums, zero)
+    count = x.size // C
+    _finalize(shift, np.float64(count), sums)
+    for c in range(C):
+        sums[1, c] /= count
+    if not fill_coefficients(sums[0], sums[1], w, b, eps, abs_mode, True, True, coef, update,
+                             momentum, rm, rv):
+        return False, sums
+    _small_forward(x, x, True, coef, a, ia, lo, 1, 1, 1)
+    return True, sums
+
+
+_SMALL = {(kind, fam): njit(**_config.jit_options(False))(_clone(
+    _forward_train_small, f"_{kind}_{fam}",
+    {"_small_statistics": _KERNELS["statistics_" + kind, "any"][0],
+     "_small_forward": _KERNELS["forward_" + kind, fam][0]}))
+    for kind in ("cf", "cl") for fam in _FAMILIES}
+
+
 # ---- primitives --------------------------------------------------------------------
 
 IS_DEVICE = False
@@ -783,6 +850,25 @@ def statistics(views, C, stream=None):
         _fold_tiles(out, r, sums)
     _finalize(shift, float(count), sums)
     return count, sums[0], sums[1]
+
+
+def forward_train_small(views, w, b, eps, abs_mode, coef, update, momentum, rm, rv, act, a,
+                        ia, lo):
+    """The in-place training forward of a small tensor (serial, rows not widened) in one
+    compiled call: ``(ok, (mean, var))``, nothing written where not ok (non-finite
+    statistics); None where the tensor is not small, then ``statistics`` and ``forward``
+    run. The caller checks that there is more than one value per channel."""
+    if len(views) != 1 or _plan(views[0].size)[0]:
+        return None
+    v = views[0]
+    if v.ndim == 3:
+        kind, first = "cf", v[0, :, 0]
+    elif _widen((v,), 0)[0][1] == 1:
+        kind, first = "cl", v[0]
+    else:
+        return None
+    return _SMALL[kind, _scalar.FAMILY[act]](v, first, w, b, eps, abs_mode, coef, update,
+                                             momentum, rm, rv, a, ia, lo, coef.dtype.type(0))
 
 
 def forward(views, outs, coef, act, a, ia, lo, stream=None):

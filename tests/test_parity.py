@@ -168,3 +168,29 @@ def test_inplace_abn_forward_only(rng):
     x = x0.copy()
     assert numbaabn.inplace_abn(x, w, b, rm, rv, training=False) is x
     assert_close(x, ref.forward(x0, w, b, rm, rv, training=False)[0], np.float64)
+
+
+@pytest.mark.parametrize("cl", [False, True], ids=["NCHW", "NHWC"])
+@pytest.mark.parametrize("act", ["identity", "leaky_relu", "elu"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+def test_small_training_forward_is_one_compiled_call(dtype, act, cl, rng, monkeypatch):
+    """A small tensor's in-place training forward (statistics, coefficients, running
+    statistics, output) runs in one compiled call: the separate primitives must not
+    run, and the result matches the reference; NaN raises with nothing written."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the separate primitives ran")
+
+    monkeypatch.setattr(cpu, "statistics", refuse)
+    monkeypatch.setattr(cpu, "forward", refuse)
+    shape = (4, 6, 5, 7) if cl else (4, 7, 6, 5)
+    check_inplace(dtype, act, cl, shape, "train", "abs", rng)
+    x = rng.standard_normal(shape).astype(dtype)
+    x[1, 2, 3, 4] = np.nan
+    pdt = np.float64 if dtype == np.float64 else np.float32
+    rm, rv = rng.standard_normal(7).astype(pdt), (rng.random(7) + 1).astype(pdt)
+    before = [a.copy() for a in (x, rm, rv)]
+    with pytest.raises(FloatingPointError, match="non-finite batch statistics"):
+        numbaabn.inplace_abn_forward(x, None, None, rm, rv, activation=act,
+                                     data_format="NHWC" if cl else "NCHW")
+    for a, a0 in zip((x, rm, rv), before):
+        assert np.array_equal(a, a0, equal_nan=True)
