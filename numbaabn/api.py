@@ -10,6 +10,7 @@ import numbers
 import sys
 
 import numpy as np
+
 from . import _scalar, cpu, mpi_sync
 
 __all__ = [
@@ -265,9 +266,6 @@ class _Saved:
                  "device_grads", "stream")
 
 
-_fill_coefficients = cpu.fill_coefficients
-
-
 def _host(a):
     """A host (NumPy) array for ``a``: ``a`` itself, or a copy of a device array."""
     if a is None or isinstance(a, np.ndarray):
@@ -380,8 +378,8 @@ def _forward(x, weight, bias, running_mean, running_var, *, training, momentum, 
         var = np.asarray(_host(running_var), dtype=np.float64)
 
     # ---- coefficients (and the check of the batch statistics)
-    if not _fill_coefficients(mean, var, w_arg, b, float(eps), abs_mode, in_place, batch_stats,
-                              coef, update, float(momentum), rm_arg, rv_arg):
+    if not cpu.fill_coefficients(mean, var, w_arg, b, float(eps), abs_mode, in_place,
+                                 batch_stats, coef, update, float(momentum), rm_arg, rv_arg):
         raise _non_finite(mean, var)
 
     # ---- write

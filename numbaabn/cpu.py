@@ -750,7 +750,7 @@ def _partials(shape, nb):
 
 @njit(**_config.jit_options(False))
 def fill_coefficients(mean, var, w, b, eps, abs_mode, in_place, batch_stats, coef,
-                       update, momentum, running_mean, running_var):
+                      update, momentum, running_mean, running_var):
     """Rows 0-3, 7, 8 of ``coef`` (see above) from float64 statistics and
     parameters, then (``update``) the running statistics. Returns False, having
     written nothing, where batch statistics are not finite."""

@@ -62,9 +62,9 @@ class FusedABN:
         if cdtype not in self._coef:
             s, b, m, v, e = self._params
             coef = np.zeros((9, self.num_features), cdtype)
-            api._fill_coefficients(m, v, s, b, e, False, True, False, coef, False, 0.0,
-                                   api._NO_RUNNING[np.dtype(np.float32)],
-                                   api._NO_RUNNING[np.dtype(np.float32)])
+            cpu.fill_coefficients(m, v, s, b, e, False, True, False, coef, False, 0.0,
+                                  api._NO_RUNNING[np.dtype(np.float32)],
+                                  api._NO_RUNNING[np.dtype(np.float32)])
             self._coef[cdtype] = coef
         return self._coef[cdtype]
 
