@@ -115,7 +115,9 @@ bandwidth is measured in the same process by a Numba in-place read+write pass
 (`_stream`) over the very arrays the operation touches (x for the forwards; z and dz for
 the backward), restored the same way before each pass, interleaved with the
 operation's repeats, median of the same number of repeats (GB/s column: forward /
-backward). "hot" is the ratio to a stricter floor: the best of 7 back-to-back passes
+backward). The pass prefetches ahead in software as the kernels do: here that ran
+~20% faster than a plain loop (see "Software prefetch" below), so this floor is
+stricter than one measured with a plain loop (as the tables before it were). "hot" is the ratio to a stricter floor: the best of 7 back-to-back passes
 over one cache-hot array of the input's size, measured before and after the row.
 
 Why the floor is not the hot number: where the data lives decides the bandwidth, and

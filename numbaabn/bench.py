@@ -3,8 +3,9 @@
 For every row, in one process: each operation is timed after warm-up (median of
 several repeats), with its input restored before each repeat outside the timed
 region, and right after each timed repeat the streaming kernel (a Numba parallel
-kernel that reads and writes an array in place, ``_stream``) is timed over the very
-arrays the operation touches, restored the same way. The floor of a row is
+kernel that reads and writes an array in place, ``_stream``, with the kernels' software
+prefetch) is timed over the very arrays the operation touches, restored the same way.
+The floor of a row is
 
     floor = passes x input bytes / bandwidth,   bandwidth = streamed bytes / median stream time
 
@@ -43,6 +44,7 @@ import numpy as np
 from numba import njit, prange
 
 import numbaabn
+from numbaabn.cpu import _AHEAD, _ahead
 
 ROWS = [((32, 128, 56, 56), ("float32", "float16", "float64")),
         ((256, 4096), ("float32",)),
@@ -55,8 +57,16 @@ PASSES = {"forward-train": 3, "forward-eval": 2, "backward-train": 5, "fused-eva
 
 @njit(parallel=True, nogil=True, cache=True)
 def _stream(a, s):
-    for i in prange(a.size):
-        a[i] = a[i] * s
+    """``a *= s`` in place over a 1-D array, in chunks of 1024 elements, each chunk
+    prefetching ahead as the kernels do (``cpu._ahead``): on the machine this was
+    written on, this pass ran ~20% faster than a plain loop (one sequential stream per
+    core keeps too few lines in flight), so it gives the stricter floor."""
+    n = a.size
+    for t in prange((n + 1023) // 1024):
+        r = a[t * 1024:min(t * 1024 + 1024, n)]
+        _ahead(r, _AHEAD)
+        for i in range(len(r)):
+            r[i] = r[i] * s
 
 
 def stream_bandwidth(nbytes, repeats=7):

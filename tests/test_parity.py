@@ -74,6 +74,28 @@ def test_widened_channels_last_rows_match_reference(dtype, act, shape, mode, rng
     assert max(seen) > 1 and 1 in seen  # widened rows and leftover rows both ran
 
 
+@pytest.mark.parametrize("cl", [False, True], ids=["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+def test_large_tensor_walk_matches_reference(dtype, cl, rng, monkeypatch):
+    """A tensor above the parallel threshold: many work items, rows prefetched ahead
+    (``cpu._ahead``; never for float16), forward and backward against the reference."""
+    seen = []
+    prefetch_bytes = cpu._prefetch_bytes
+
+    def spy(v, row, target):
+        seen.append(prefetch_bytes(v, row, target))
+        return seen[-1]
+
+    monkeypatch.setattr(cpu, "_prefetch_bytes", spy)
+    shape = (4, 128, 128, 8) if cl else (2, 8, 96, 96)  # chunks of >= 512 bytes
+    assert np.prod(shape) >= cpu._config.PARALLEL_MIN
+    check_inplace(dtype, "leaky_relu", cl, shape, "train", "signed", rng)
+    if dtype == np.float16:
+        assert seen and all(b is None for b in seen)
+    else:
+        assert seen and all(b == cpu._AHEAD for b in seen)
+
+
 def check_inplace(dtype, act, cl, shape, mode, weight_mode, rng):
     C = channels_of(shape, cl)
     layer = make_layer(numbaabn.InPlaceABN, C, dtype, act, cl, mode, weight_mode)
