@@ -402,6 +402,18 @@ def _forward_cf(x, out, inplace, coef, a, ia, lo, nbn, nbc, nbs, ahead):
                             orow[i] = store(act_forward((load(xr[i]) - h) * g + e, a), out)
 
 
+@_inline
+def _chunk_pair(src, dz, n, c, j0, s1, ahead):
+    """Chunk j0:j1 (at most _BLOCK positions) of row (n, c) of ``src`` and ``dz``, with
+    the lines ahead of both requested: ``(j1, src chunk, dz chunk)``."""
+    j1 = min(j0 + _BLOCK, s1)
+    sr = src[n, c, j0:j1]
+    dr = dz[n, c, j0:j1]
+    _ahead(sr, ahead)
+    _ahead(dr, ahead)
+    return j1, sr, dr
+
+
 def _backward_reduce_cf(src, dz, coef, a, ia, lo, from_x, part, scratch, nbn, nbc, nbs, ahead,
                         out):
     N, C, S = src.shape
@@ -418,11 +430,7 @@ def _backward_reduce_cf(src, dz, coef, a, ia, lo, from_x, part, scratch, nbn, nb
                 a1 = 0.0
                 a2 = 0.0
                 for j0 in range(s0, s1, _BLOCK):
-                    j1 = min(j0 + _BLOCK, s1)
-                    sr = src[n, c, j0:j1]
-                    dr = dz[n, c, j0:j1]
-                    _ahead(sr, ahead)
-                    _ahead(dr, ahead)
+                    j1, sr, dr = _chunk_pair(src, dz, n, c, j0, s1, ahead)
                     b1 = a - a
                     b2 = a - a
                     for i in range(j1 - j0):
@@ -467,11 +475,7 @@ def _backward_apply_cf(src, dz, dx, inplace, coef, a, ia, lo, from_x, train, nbn
                 cc = (coef[0, c], coef[1, c], coef[2, c], coef[3, c], coef[7, c], coef[8, c],
                       coef[4, c], coef[5, c], coef[6, c])
                 for j0 in range(s0, s1, _BLOCK):
-                    j1 = min(j0 + _BLOCK, s1)
-                    sr = src[n, c, j0:j1]
-                    dr = dz[n, c, j0:j1]
-                    _ahead(sr, ahead)
-                    _ahead(dr, ahead)
+                    j1, sr, dr = _chunk_pair(src, dz, n, c, j0, s1, ahead)
                     if inplace:
                         _apply_row(sr, dr, dr, dx, cc, a, ia, lo, from_x, train)
                     else:
