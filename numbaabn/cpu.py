@@ -352,21 +352,24 @@ def _statistics_cf(x, shift, part, scratch, nbn, nbc, nbs, ahead, out, zero):
             p2[c] = 0.0
         if s1 == s0 or n1 == n0:
             continue
-        for c in range(c0, c1):  # centre each channel on the mean of its first block
-            first = x[n0, c, s0:min(s0 + _BLOCK, s1)]
-            k = zero
-            for i in range(len(first)):
-                k += load(first[i])
-            k /= _as(len(first), zero)
-            kc[c] = k
-            p1[c], p2[c] = _centred_sums(first, k, zero)  # in L1: no memory pass
         for n in range(n0, n1):
             for c in range(c0, c1):
                 xr = x[n, c, s0:s1]
-                k = kc[c]
+                start = 0
                 a1 = 0.0
                 a2 = 0.0
-                for j0 in range(_BLOCK if n == n0 else 0, s1 - s0, _BLOCK):
+                if n == n0:  # centre the channel on the mean of its first block, in L1
+                    first = xr[:min(_BLOCK, s1 - s0)]
+                    _ahead(first, ahead)
+                    k = zero
+                    for i in range(len(first)):
+                        k += load(first[i])
+                    k /= _as(len(first), zero)
+                    kc[c] = k
+                    a1, a2 = _centred_sums(first, k, zero)
+                    start = len(first)
+                k = kc[c]
+                for j0 in range(start, s1 - s0, _BLOCK):
                     blk = xr[j0:min(j0 + _BLOCK, s1 - s0)]
                     _ahead(blk, ahead)
                     b1, b2 = _centred_sums(blk, k, zero)
