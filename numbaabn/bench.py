@@ -53,6 +53,11 @@ ROWS = [((32, 128, 56, 56), ("float32", "float16", "float64")),
         ((64, 2048, 7, 7), ("float32",)),
         ((8, 64, 8, 8), ("float32",))]
 PASSES = {"forward-train": 3, "forward-eval": 2, "backward-train": 5, "fused-eval": 2}
+# Passes over the operation's arrays that read them (forward-train: statistics, then the
+# transform; backward-train: reduce, then apply over z and dz). Where a read-only pass
+# takes as long as an in-place read+write pass, READS read-only passes are the least
+# time an operation can take: ``read_bound_ratio`` is that time over the floor.
+READS = {"forward-train": 2, "forward-eval": 1, "backward-train": 2, "fused-eval": 1}
 
 
 @njit(parallel=True, nogil=True, cache=True)
@@ -67,6 +72,22 @@ def _stream(a, s):
         _ahead(r, _AHEAD)
         for i in range(len(r)):
             r[i] = r[i] * s
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _read(a):
+    """A read-only pass over a 1-D uint32 array, prefetching as ``_stream`` does (the
+    checksum it returns keeps the loads)."""
+    n = a.size
+    total = 0
+    for t in prange((n + 1023) // 1024):
+        r = a[t * 1024:min(t * 1024 + 1024, n)]
+        _ahead(r, _AHEAD)
+        s = 0
+        for i in range(len(r)):
+            s += r[i]
+        total += s
+    return total
 
 
 def stream_bandwidth(nbytes, repeats=7):
@@ -189,10 +210,15 @@ def _torch_times(x0, dz0, fmt, repeats, device="cpu", timer=None):
 
 
 def _paired_times(ops, repeats, warmup=2):
-    """Median time of each operation and of the stream over its arrays, interleaved:
-    ``ops`` maps a name to ``(fn, prepare, stream_arrays)``."""
-    times = {name: ([], []) for name in ops}
+    """Median times of each operation, of the stream over its arrays and of a read-only
+    pass over them, interleaved: ``ops`` maps a name to ``(fn, prepare, stream_arrays)``.
+    Every pass starts from the same ``prepare`` (the same cache state)."""
+    times = {name: ([], [], []) for name in ops}
     one = np.uint32(1)
+
+    def words(a):  # the same bytes as uint32: no float (denormal, NaN) effects
+        return a.reshape(-1).view(np.uint8)[:a.nbytes // 4 * 4].view(np.uint32)
+
     for i in range(warmup + repeats):
         for name, (fn, prepare, arrays) in ops.items():
             prepare()
@@ -201,13 +227,18 @@ def _paired_times(ops, repeats, warmup=2):
             t1 = time.perf_counter()
             prepare()
             t2 = time.perf_counter()
-            for a in arrays:  # the same bytes as uint32: no float (denormal, NaN) effects
-                _stream(a.reshape(-1).view(np.uint8)[:a.nbytes // 4 * 4].view(np.uint32), one)
+            for a in arrays:
+                _stream(words(a), one)
             t3 = time.perf_counter()
+            prepare()
+            t4 = time.perf_counter()
+            for a in arrays:
+                _read(words(a))
+            t5 = time.perf_counter()
             if i >= warmup:
-                times[name][0].append(t1 - t)
-                times[name][1].append(t3 - t2)
-    return {name: (float(np.median(a)), float(np.median(b))) for name, (a, b) in times.items()}
+                for k, v in enumerate((t1 - t, t3 - t2, t5 - t4)):
+                    times[name][k].append(v)
+    return {name: tuple(float(np.median(v)) for v in tv) for name, tv in times.items()}
 
 
 def bench_row(shape, dtype, fmt, repeats=7, compare=True):
@@ -241,12 +272,14 @@ def bench_row(shape, dtype, fmt, repeats=7, compare=True):
     hot = max(hot, stream_bandwidth(x0.nbytes))  # best of before and after
     row = dict(shape=list(shape), dtype=dtype, layout=fmt, bytes=int(x0.nbytes),
                elements=int(x0.size), hot_bandwidth_GBps=hot / 1e9)
-    for op, (sec, stream_sec) in t.items():
+    for op, (sec, stream_sec, read_sec) in t.items():
         bw = 2 * len(ops[op][2]) * x0.nbytes / stream_sec
         floor = PASSES[op] * x0.nbytes / bw
         row[op] = dict(seconds=sec, GBps=PASSES[op] * x0.nbytes / sec / 1e9,
                        bandwidth_GBps=bw / 1e9, floor_seconds=floor, ratio_to_floor=sec / floor,
-                       ratio_to_hot_floor=sec * hot / (PASSES[op] * x0.nbytes))
+                       ratio_to_hot_floor=sec * hot / (PASSES[op] * x0.nbytes),
+                       read_over_stream=read_sec / stream_sec,
+                       read_bound_ratio=READS[op] * read_sec / floor)
     if x0.nbytes <= BACK_TO_BACK_MAX:  # training forward renormalizes: values stay O(1)
         row["forward-train"]["back_to_back_seconds"] = _per_call(ops["forward-train"][0],
                                                                  restore_x)
@@ -328,7 +361,7 @@ def table(results):
                  f"{mb} MB {bw:.0f} GB/s" for mb, bw in zip(
                      results.get("stream_by_size", {}).get("MB", []),
                      results.get("stream_by_size", {}).get("hot_GBps", []))),
-             "", f"{'shape':22} {'dtype':8} {'layout':6} {'GB/s*':>11} "
+             "", f"{'shape':22} {'dtype':8} {'layout':6} {'GB/s*':>11} {'read/rw':>9} "
              f"{'fwd-train':>16} {'fwd-eval':>16} {'bwd-train':>16} {'fused-eval':>16} "
              f"{'numpy':>6} "
              f"{'torch f':>7} {'torch fb':>8}"]
@@ -344,7 +377,10 @@ def table(results):
                          "torch_forward_backward_over_numbaabn")]
         lines.append(f"{str(tuple(r['shape'])):22} {r['dtype']:8} {r['layout']:6} "
                      f"{r['forward-train']['bandwidth_GBps']:5.1f}/"
-                     f"{r['backward-train']['bandwidth_GBps']:5.1f} " + " ".join(cells) + " "
+                     f"{r['backward-train']['bandwidth_GBps']:5.1f} "
+                     f"{r['forward-train'].get('read_over_stream', np.nan):4.2f}/"
+                     f"{r['backward-train'].get('read_over_stream', np.nan):4.2f} "
+                     + " ".join(cells) + " "
                      + " ".join(opt))
     for r in results["rows"]:
         b2b = r["forward-train"].get("back_to_back_seconds")
@@ -352,7 +388,9 @@ def table(results):
             lines.append(f"{str(tuple(r['shape']))} {r['dtype']} {r['layout']}: forward-train "
                          f"{b2b * 1e6:.1f} us per call back to back")
     lines += ["", "time and time/floor per operation; GB/s*: streaming bandwidth measured on "
-              "the operation's arrays in its conditions (forward / backward); numpy / torch f / torch fb: their time over numbaabn's "
+              "the operation's arrays in its conditions (forward / backward); read/rw: a read-only "
+              "pass over the same arrays in the same conditions, over that in-place pass "
+              "(forward / backward); numpy / torch f / torch fb: their time over numbaabn's "
               "(forward+backward; torch f: forward only)"]
     if "first_call" in results:
         for k, v in results["first_call"].items():

@@ -3,6 +3,8 @@ import json
 import subprocess
 import sys
 
+import numpy as np
+
 from numbaabn import bench
 
 
@@ -24,7 +26,19 @@ def test_bench_row_fields_and_floors():
         assert abs(o["ratio_to_floor"] - o["seconds"] / o["floor_seconds"]) < 1e-9
         hot_floor = passes * row["bytes"] / (row["hot_bandwidth_GBps"] * 1e9)
         assert abs(o["ratio_to_hot_floor"] - o["seconds"] / hot_floor) < 1e-6 * o["ratio_to_hot_floor"]
+        # read bound: READS read-only passes over the arrays the stream pass covers (x, or
+        # z and dz), against the floor's PASSES input-sized moves at 2 per stream pass
+        arrays = 2 if op == "backward-train" else 1
+        assert o["read_over_stream"] > 0
+        bound = bench.READS[op] * o["read_over_stream"] * 2 * arrays / passes
+        assert abs(o["read_bound_ratio"] - bound) < 1e-9 * bound
     assert row["numpy_over_numbaabn"] > 0
+
+
+def test_read_pass_reads_every_word():
+    a = np.arange(5000, dtype=np.uint32) * np.uint32(2654435761)  # wraps: large words
+    assert bench._read(a) == int(a.sum(dtype=np.int64))
+    assert bench._read(a[:7]) == int(a[:7].sum(dtype=np.int64))  # shorter than a chunk
 
 
 def test_bench_run_and_table():
