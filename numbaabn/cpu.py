@@ -76,44 +76,47 @@ HARDWARE_HALF = _target_has_f16c()
 
 
 @intrinsic
-def _fpext_half(typingctx, bits):
+def _half_bits_to_float_hw(typingctx, bits):
+    """float16 bits (an unsigned integer) -> float32: fpext, with NaNs given NumPy's
+    pattern (payload kept) through a select. Written in LLVM IR so that the NaN test
+    and pattern stay in 32-bit lanes: in Numba's integer arithmetic they widened to
+    64-bit lanes and doubled the vector work of every float16 load."""
     def codegen(context, builder, sig, args):
-        v = builder.trunc(args[0], llir.IntType(16)) if bits.bitwidth > 16 else args[0]
-        return builder.fpext(builder.bitcast(v, llir.HalfType()), llir.FloatType())
+        i16, i32 = llir.IntType(16), llir.IntType(32)
+        v = builder.trunc(args[0], i16) if bits.bitwidth > 16 else args[0]
+        f = builder.fpext(builder.bitcast(v, llir.HalfType()), llir.FloatType())
+        h = builder.zext(v, i32)
+        nan = builder.icmp_unsigned(">", builder.and_(h, i32(0x7FFF)), i32(0x7C00))
+        pattern = builder.or_(
+            builder.or_(builder.shl(builder.and_(h, i32(0x8000)), i32(16)), i32(0x7F800000)),
+            builder.shl(builder.and_(h, i32(0x3FF)), i32(13)))
+        return builder.select(nan, builder.bitcast(pattern, llir.FloatType()), f)
     return types.float32(bits), codegen
 
 
 @intrinsic
-def _fptrunc_half(typingctx, value):
+def _float_to_half_bits_hw(typingctx, value):
+    """float32 -> float16 bits: fptrunc (round to nearest even), with NaNs given NumPy's
+    pattern (payload truncated, never turned into Inf); 32-bit lanes as above."""
     def codegen(context, builder, sig, args):
-        return builder.bitcast(builder.fptrunc(args[0], llir.HalfType()), llir.IntType(16))
+        i16, i32 = llir.IntType(16), llir.IntType(32)
+        f = args[0]
+        r = builder.bitcast(builder.fptrunc(f, llir.HalfType()), i16)
+        u = builder.bitcast(f, i32)
+        n = builder.or_(i32(0x7C00), builder.lshr(builder.and_(u, i32(0x7FFFFF)), i32(13)))
+        n = builder.select(builder.icmp_unsigned("==", n, i32(0x7C00)), i32(0x7C01), n)
+        pattern = builder.trunc(
+            builder.or_(builder.and_(builder.lshr(u, i32(16)), i32(0x8000)), n), i16)
+        return builder.select(builder.fcmp_unordered("uno", f, f), pattern, r)
     return types.uint16(types.float32), codegen
-
-
-def _half_bits_to_float_hw(h):
-    f = _fpext_half(h)
-    em = np.uint32(h) & 0x7FFF
-    if em > 0x7C00:  # NaN, payload kept as NumPy keeps it
-        f = np.uint32(((np.uint32(h) & 0x8000) << 16) | 0x7F800000 | ((em & 0x3FF) << 13)
-                      ).view(np.float32)
-    return f
-
-
-def _float_to_half_bits_hw(f):
-    r = _fptrunc_half(f)
-    if f != f:  # NaN: NumPy's pattern (payload truncated, never turned into Inf)
-        u = np.float32(f).view(np.uint32)
-        n = 0x7C00 | ((u & 0x7FFFFF) >> 13)
-        r = np.uint16(((u >> 16) & 0x8000) | (n if n != 0x7C00 else 0x7C01))
-    return r
 
 
 # Compiled as plain functions, not IR-inlined (LLVM inlines them): Numba's IR inliner
 # trips its own SSA check on their branches (harmless but noisy warnings).
 _jit_plain = njit(cache=_config.CACHE)
 if HARDWARE_HALF:
-    half_bits_to_float = _jit_plain(_half_bits_to_float_hw)
-    float_to_half_bits = _jit_plain(_float_to_half_bits_hw)
+    half_bits_to_float = _half_bits_to_float_hw
+    float_to_half_bits = _float_to_half_bits_hw
 else:
     half_bits_to_float = _jit_plain(_scalar.half_bits_to_float)
     float_to_half_bits = _jit_plain(_scalar.float_to_half_bits)
