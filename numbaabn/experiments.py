@@ -300,9 +300,12 @@ def max_batch(variant, budget, progress=None, **config):
     step = lambda n: max(1, n // 100)  # noqa: E731  (1%: each probe is a training step)
     x0, x1 = 8, 32
     fits(x0), fits(x1)
+    # a sample costs at least its input's bytes: RSS noise between two probes must not
+    # make the line flat (a secant step once jumped to a batch of 50 million)
+    least = 4 * config.get("channels", 1) * config.get("size", 1) ** 2
     for _ in range(6):  # secant steps on the measured (batch, bytes) line
-        slope = max((probes[x1] - probes[x0]) / (x1 - x0), 1.0)
-        guess = max(1, x1 + int((budget - probes[x1]) / slope))
+        slope = max((probes[x1] - probes[x0]) / (x1 - x0), least)
+        guess = max(1, min(x1 + int((budget - probes[x1]) / slope), 8 * x1))
         if guess in probes:
             break
         fits(guess)

@@ -86,3 +86,22 @@ def test_in_process_step_losses_match():
     lb = [b.step(X, T) for _ in range(4)]
     np.testing.assert_allclose(la, lb, rtol=1e-5)
     assert la[-1] < la[0]
+
+
+def test_max_batch_survives_a_flat_pair_of_probes(monkeypatch):
+    """RSS noise can make the first two probes measure the same bytes: the secant step
+    must not extrapolate a flat line (it once asked for a batch of 50 million)."""
+    per_sample = 3 * 4 * 8 * 8 * 8  # bytes; the input alone is 4 * 8 * 8 * 8
+    asked = []
+
+    def fake_measure(variant, batch, **config):
+        asked.append(batch)
+        noise = per_sample * 24 if batch == 8 else 0  # probe 8 reads as high as probe 32
+        return {"total_peak_bytes": 1_000_000 + per_sample * batch + noise}
+
+    monkeypatch.setattr(experiments, "measure", fake_measure)
+    budget = 1_000_000 + per_sample * 500
+    n, probes = experiments.max_batch("standard", budget, channels=8, size=8, depth=2, seed=0)
+    assert n == 500 or (fake_measure("standard", n + 1)["total_peak_bytes"] > budget
+                        and probes[n] <= budget)
+    assert max(asked) <= 8 * 500
