@@ -111,15 +111,13 @@ def _float_to_half_bits_hw(typingctx, value):
     return types.uint16(types.float32), codegen
 
 
-# Compiled as plain functions, not IR-inlined (LLVM inlines them): Numba's IR inliner
-# trips its own SSA check on their branches (harmless but noisy warnings).
-_jit_plain = njit(cache=_config.CACHE)
 if HARDWARE_HALF:
     half_bits_to_float = _half_bits_to_float_hw
     float_to_half_bits = _float_to_half_bits_hw
-else:
-    half_bits_to_float = _jit_plain(_scalar.half_bits_to_float)
-    float_to_half_bits = _jit_plain(_scalar.float_to_half_bits)
+else:  # plain compiled functions, not IR-inlined (LLVM inlines them): Numba's IR
+    # inliner trips its own SSA check on their branches (harmless but noisy warnings)
+    half_bits_to_float = njit(cache=_config.CACHE)(_scalar.half_bits_to_float)
+    float_to_half_bits = njit(cache=_config.CACHE)(_scalar.float_to_half_bits)
 
 
 def act_forward(y, a):
@@ -580,7 +578,7 @@ def _backward_reduce_cl(src, dz, coef, a, ia, lo, from_x, part, scratch, nbm, nb
                 b1[c] = a - a
                 b2[c] = a - a
             re = min(r0 + _ROWS, m1)
-            for m in range(r0, re - 1, 2):  # two rows per pass over the sums (statistics)
+            for m in range(r0, re - 1, 2):  # two rows per pass, as in _statistics_cl
                 sr, dr = src[m, c0:c1], dz[m, c0:c1]
                 ss, ds = src[m + 1, c0:c1], dz[m + 1, c0:c1]
                 _ahead(sr, ahead)
