@@ -150,7 +150,15 @@ def _prefetch(typingctx, arr, offset):
     return types.void(arr, types.intp), codegen
 
 
-_AHEAD = 1024  # bytes: lines requested this far ahead of each chunk
+_AHEAD = 1024  # bytes: lines requested this far ahead of each channels-last row
+# ... and ahead of each channels-first chunk (_BLOCK elements): one float32 chunk
+# ahead. (32, 128, 56, 56) float32, median of 31-41 alternating calls, 4 runs: forward-
+# train 1.60-1.64 -> 1.42-1.45x the floor, forward-eval 1.23 -> 1.11-1.15x at 4096
+# bytes (8192: the same; backward-train unchanged). Channels-last rows (512 bytes
+# there) ran 3-9% slower at 1536-4096 bytes ahead and at 512 than at 1024; the
+# streaming pass that sets the floor (bench._stream, 1024-element chunks) is fastest at
+# 1024 too.
+_AHEAD_CHUNK = 4096
 
 
 def _ahead(row, nbytes):
@@ -780,21 +788,22 @@ def _walk(groups, target):
             if v.ndim == 3:
                 nb = _blocks_cf(v.shape, target)
                 row = min(-(-v.shape[2] // nb[2]), _BLOCK)
-                yield g, "cf", nb + (_prefetch_bytes(v, row, target),), r
+                yield g, "cf", nb + (_prefetch_bytes(v, row, target, _AHEAD_CHUNK),), r
             else:
                 nb = _blocks_cl(v.shape, target)
-                yield g, "cl", nb + (_prefetch_bytes(v, -(-v.shape[1] // nb[1]), target),), r
+                row = -(-v.shape[1] // nb[1])
+                yield g, "cl", nb + (_prefetch_bytes(v, row, target, _AHEAD),), r
 
 
-def _prefetch_bytes(v, row, target):
-    """How far ahead the walk's kernels prefetch (``_ahead``), or None: not for a small
-    tensor (one item, in cache), not for float16 (its passes are bound by the
-    conversions: prefetching made them 6-20% slower), not for chunks under 512 bytes
-    (a 7x7 row: the prefetch loop in the row loop made (64, 2048, 7, 7) forward-eval
-    1.4x slower, even where it did not run)."""
+def _prefetch_bytes(v, row, target, distance):
+    """How far ahead the walk's kernels prefetch (``_ahead``): ``distance`` bytes, or
+    None: not for a small tensor (one item, in cache), not for float16 (its passes are
+    bound by the conversions: prefetching made them 6-20% slower), not for chunks under
+    512 bytes (a 7x7 row: the prefetch loop in the row loop made (64, 2048, 7, 7)
+    forward-eval 1.4x slower, even where it did not run)."""
     if not target or v.itemsize < 4 or row * v.itemsize < 512:
         return None
-    return _AHEAD
+    return distance
 
 
 @njit(cache=_config.CACHE)

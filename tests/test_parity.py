@@ -82,8 +82,8 @@ def test_large_tensor_walk_matches_reference(dtype, cl, rng, monkeypatch):
     seen = []
     prefetch_bytes = cpu._prefetch_bytes
 
-    def spy(v, row, target):
-        seen.append(prefetch_bytes(v, row, target))
+    def spy(v, row, target, distance):
+        seen.append(prefetch_bytes(v, row, target, distance))
         return seen[-1]
 
     monkeypatch.setattr(cpu, "_prefetch_bytes", spy)
@@ -93,7 +93,7 @@ def test_large_tensor_walk_matches_reference(dtype, cl, rng, monkeypatch):
     if dtype == np.float16:
         assert seen and all(b is None for b in seen)
     else:
-        assert seen and all(b == cpu._AHEAD for b in seen)
+        assert seen and all(b == (cpu._AHEAD if cl else cpu._AHEAD_CHUNK) for b in seen)
 
 
 def check_inplace(dtype, act, cl, shape, mode, weight_mode, rng):
