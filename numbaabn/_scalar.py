@@ -31,7 +31,10 @@ FAMILY = {IDENTITY: "leaky", LEAKY_RELU: "leaky", ELU: "elu", RELU: "relu"}
 
 
 def leaky_forward(y, a):
-    return y if y >= 0 else y * a
+    t = y * a
+    if a <= 1:
+        return y if y > t else t
+    return y if y < t else t
 
 
 def leaky_inverse(z, ia, lo):

@@ -160,6 +160,33 @@ def test_elu_inverse_is_clamped_and_finite():
         assert db is None and np.isfinite(dx).all() and np.isfinite(dw).all()
 
 
+@pytest.mark.parametrize("slope", [0.01, 0.5, 1.0, 2.0, 3.0])
+@pytest.mark.parametrize("kind", ["cf", "cl"])
+@pytest.mark.parametrize("size", ["serial", "parallel"])
+def test_leaky_forward_exact_on_special_values(slope, kind, size, rng):
+    """The leaky forward is computed as max(y, a*y) for a <= 1 and min(y, a*y) above
+    (one instruction instead of a compare and a blend); bit for bit it must equal
+    ``y if y >= 0 else a*y`` on infinities, NaN, denormals and overflow (zeros compare
+    by value: nsz is among the fast-math flags)."""
+    special = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-45, -1e-45, 1e-40, -1e-40,
+                        3e38, -3e38, 1.0, -1.0, 0.5, -2.5], np.float32)
+    C = 8
+    M = (cpu._config.PARALLEL_MIN if size == "parallel" else 64) // C
+    x = rng.permutation(np.resize(special, M * C)).astype(np.float32)
+    views = x.reshape(2, C, -1) if kind == "cf" else x.reshape(-1, C)
+    coef = np.zeros((9, C), np.float32)
+    coef[0] = np.array([0, 0, 0, 1, -1, 0.25, 0, 0], np.float32)  # h: y = x - h exactly
+    coef[2] = 1  # g = 1, e = 0
+    h = coef[0][None, :, None] if kind == "cf" else coef[0]
+    y = views - h
+    with np.errstate(over="ignore"):
+        expected = np.where(y >= 0, y, np.float32(slope) * y)
+    a, ia, lo = numbaabn.api._act_constants(slope, np.float32)
+    cpu.forward([views], [views], coef, 1, a, ia, lo)
+    assert np.array_equal(views, expected, equal_nan=True)
+    assert np.array_equal(np.signbit(views[y != 0]), np.signbit(expected[y != 0]))
+
+
 def test_one_value_per_channel_in_eval(rng):
     """M = 1 is fine in eval: running statistics, nothing to reduce."""
     x0 = rng.standard_normal((1, 5))
