@@ -293,6 +293,11 @@ def bench_row(shape, dtype, fmt, repeats=7, compare=True):
         if tt:
             row["torch_forward_over_numbaabn"] = tt["torch_forward"] / t["forward-train"][0]
             row["torch_forward_backward_over_numbaabn"] = tt["torch_forward_backward"] / ours
+            # PyTorch's forward+backward against numbaabn's floor for the same work
+            # (forward-train + backward-train): below 4, "4x faster than PyTorch" would
+            # mean running below the floor
+            row["torch_forward_backward_over_floor"] = tt["torch_forward_backward"] / (
+                row["forward-train"]["floor_seconds"] + row["backward-train"]["floor_seconds"])
     return row
 
 

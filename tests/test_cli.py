@@ -33,6 +33,12 @@ def test_bench_row_fields_and_floors():
         bound = bench.READS[op] * o["read_over_stream"] * 2 * arrays / passes
         assert abs(o["read_bound_ratio"] - bound) < 1e-9 * bound
     assert row["numpy_over_numbaabn"] > 0
+    if "torch_forward_backward_over_numbaabn" in row:  # PyTorch installed
+        ours = row["forward-train"]["seconds"] + row["backward-train"]["seconds"]
+        floor = row["forward-train"]["floor_seconds"] + row["backward-train"]["floor_seconds"]
+        torch_fb = row["torch_forward_backward_over_numbaabn"] * ours
+        assert abs(row["torch_forward_backward_over_floor"] - torch_fb / floor) \
+            < 1e-9 * torch_fb / floor
 
 
 def test_read_pass_reads_every_word():
