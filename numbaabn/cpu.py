@@ -150,15 +150,15 @@ def _prefetch(typingctx, arr, offset):
     return types.void(arr, types.intp), codegen
 
 
-_AHEAD = 1024  # bytes: lines requested this far ahead of each channels-last row
-# ... and ahead of each channels-first chunk (_BLOCK elements): one float32 chunk
-# ahead. (32, 128, 56, 56) float32, median of 31-41 alternating calls, 4 runs: forward-
-# train 1.60-1.64 -> 1.42-1.45x the floor, forward-eval 1.23 -> 1.11-1.15x at 4096
-# bytes (8192: the same; backward-train unchanged). Channels-last rows (512 bytes
-# there) ran 3-9% slower at 1536-4096 bytes ahead and at 512 than at 1024; the
-# streaming pass that sets the floor (bench._stream, 1024-element chunks) is fastest at
-# 1024 too.
-_AHEAD_CHUNK = 4096
+# Prefetch distances in bytes (_prefetch_bytes picks one per walk). A channels-first
+# chunk (_BLOCK elements) asks for the lines one float32 chunk ahead: (32, 128, 56, 56)
+# float32, median of 31-41 alternating calls, 4 runs: forward-train 1.60-1.64 ->
+# 1.42-1.45x the floor, forward-eval 1.23 -> 1.11-1.15x at 4096 bytes against 1024
+# (8192: the same; backward-train unchanged). Channels-last rows (512 bytes there) ran
+# 3-9% slower at 512 and at 1536-4096 bytes ahead than at 1024; the streaming pass that
+# sets the floor (bench._stream, 1024-element chunks) is fastest at 1024 too.
+_AHEAD = 1024        # ahead of each channels-last row (and of bench._stream's chunks)
+_AHEAD_CHUNK = 4096  # ahead of each channels-first chunk
 
 
 def _ahead(row, nbytes):

@@ -122,6 +122,11 @@ def _init(depth, channels, seed):
     return Ws, bs
 
 
+def _map_bytes(batch, channels, size):
+    """Bytes of one float32 activation map of ``batch`` samples."""
+    return 4 * batch * size * size * channels
+
+
 def _data(batch, channels, size, seed):
     """Input and target maps, channels-last rows: shape (batch * size * size, channels)."""
     rng = np.random.default_rng(seed + 1)
@@ -244,7 +249,7 @@ def _measure_here(variant, depth, batch, channels, size, steps, seed, trace=True
                 total_peak_bytes=int(peak - rss0),
                 tracemalloc_peak_bytes=None if traced is None else int(traced),
                 seconds_per_step=float(np.median(times)), losses=losses,
-                activation_bytes_per_buffer=int(batch * size * size * channels * 4),
+                activation_bytes_per_buffer=_map_bytes(batch, channels, size),
                 hwm_reset=hwm_ok)
 
 
@@ -286,7 +291,7 @@ def max_batch(variant, budget, progress=None, **config):
     """Largest batch whose training step fits in ``budget`` bytes (``total_peak_bytes``,
     measured). Memory is affine in the batch size, so two probes predict the answer;
     measured bisection around the prediction then finds it. Returns (batch, probes)."""
-    config = {k: v for k, v in config.items() if k != "batch"}
+    config = {k: v for k, v in {**DEFAULTS, **config}.items() if k != "batch"}
     config.update(steps=1, trace=False)  # memory, not time: one step per probe
     probes = {}
 
@@ -302,7 +307,7 @@ def max_batch(variant, budget, progress=None, **config):
     fits(x0), fits(x1)
     # a sample costs at least its input's bytes: RSS noise between two probes must not
     # make the line flat (a secant step once jumped to a batch of 50 million)
-    least = 4 * config.get("channels", 1) * config.get("size", 1) ** 2
+    least = _map_bytes(1, config["channels"], config["size"])
     for _ in range(6):  # secant steps on the measured (batch, bytes) line
         slope = max((probes[x1] - probes[x0]) / (x1 - x0), least)
         guess = max(1, min(x1 + int((budget - probes[x1]) / slope), 8 * x1))
