@@ -96,6 +96,71 @@ def test_large_tensor_walk_matches_reference(dtype, cl, rng, monkeypatch):
         assert seen and all(b == (cpu._AHEAD if cl else cpu._AHEAD_CHUNK) for b in seen)
 
 
+@pytest.mark.parametrize("shape", [(16, 256, 7, 7), (4, 64, 28, 28)], ids=["7x7", "28x28"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_large_tensor_short_rows_match_reference(dtype, shape, rng, monkeypatch):
+    """Channels-first rows of at most ``cpu._BLOCK`` positions above the parallel
+    threshold, taken whole by the parallel kernels (7x7: not prefetched; 28x28: rows of
+    3 KB, prefetched), in place and on the standard path, against the reference."""
+    assert np.prod(shape) >= cpu._config.PARALLEL_MIN and shape[2] * shape[3] <= cpu._BLOCK
+    seen = []
+    walk = cpu._walk
+
+    def spy(groups, target):
+        for item in walk(groups, target):
+            seen.append((item[1], item[2]))
+            yield item
+
+    monkeypatch.setattr(cpu, "_walk", spy)
+    check_inplace(dtype, "leaky_relu", False, shape, "train", "signed", rng)
+    assert seen and all(kind == "cf" and nb[0] * nb[1] > 1 for kind, nb in seen)
+    assert all((nb[3] is None) == (shape[2] == 7) for _, nb in seen)
+
+    C = shape[1]
+    layer = make_layer(numbaabn.ABN, C, dtype, "elu", False, "train", "signed")
+    init_params(layer, rng, "signed")
+    p = [a.copy() for a in (layer.weight, layer.bias, layer.running_mean, layer.running_var)]
+    x0 = (rng.standard_normal(shape) * 2 + 3).astype(dtype)
+    dz0 = rng.standard_normal(shape).astype(dtype)
+    x, dz = x0.copy(), dz0.copy()
+    y = layer(x)
+    assert y is not x and np.array_equal(x, x0)
+    z_ref, _, _, ctx = ref.forward(x0, *p, training=True, activation="elu",
+                                   channels_last=False, weight_mode="signed")
+    assert_close(y, z_ref, dtype, "forward")
+    dx = layer.backward(dz)
+    assert dx is not dz and np.array_equal(dz, dz0)
+    dx_ref, dw_ref, db_ref = ref.backward(dz0, ctx)
+    assert_close(dx, dx_ref, dtype, "dx")
+    assert_sums_close(layer.weight_grad, dw_ref, ctx["abs_sums"][1], dtype, "dweight")
+    assert_sums_close(layer.bias_grad, db_ref, ctx["abs_sums"][0], dtype, "dbias")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_split_channels_last_rows_prefetch_rows_ahead(dtype, rng, monkeypatch):
+    """Channels-last rows too wide for one item are split in channel blocks; the
+    kernels then prefetch the same channels whole rows ahead (``cpu._rows_ahead``), not
+    the bytes past the block (the next block's channels). Results against the
+    reference."""
+    shape = (128, 4096)
+    seen = []
+    walk = cpu._walk
+
+    def spy(groups, target):
+        for item in walk(groups, target):
+            seen.append((item[0][0], item[2]))
+            yield item
+
+    monkeypatch.setattr(cpu, "_walk", spy)
+    check_inplace(dtype, "leaky_relu", True, shape, "train", "signed", rng)
+    assert seen
+    for v, nb in seen:
+        piece = -(-v.shape[1] // nb[1]) * v.itemsize
+        assert nb[1] > 1 and piece >= 512 and v.strides[0] == shape[1] * v.itemsize
+        rows = -(-cpu._AHEAD // piece)
+        assert nb[3] == rows * v.strides[0] and nb[3] > cpu._AHEAD
+
+
 def check_inplace(dtype, act, cl, shape, mode, weight_mode, rng):
     C = channels_of(shape, cl)
     layer = make_layer(numbaabn.InPlaceABN, C, dtype, act, cl, mode, weight_mode)
