@@ -96,6 +96,20 @@ def test_large_tensor_walk_matches_reference(dtype, cl, rng, monkeypatch):
         assert seen and all(b == (cpu._AHEAD if cl else cpu._AHEAD_CHUNK) for b in seen)
 
 
+def spy_walk(monkeypatch):
+    """Record (first view, kind, blocks) of every group ``cpu._walk`` yields."""
+    seen = []
+    walk = cpu._walk
+
+    def spy(groups, target):
+        for item in walk(groups, target):
+            seen.append((item[0][0], item[1], item[2]))
+            yield item
+
+    monkeypatch.setattr(cpu, "_walk", spy)
+    return seen
+
+
 @pytest.mark.parametrize("shape", [(16, 256, 7, 7), (4, 64, 28, 28)], ids=["7x7", "28x28"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_large_tensor_short_rows_match_reference(dtype, shape, rng, monkeypatch):
@@ -103,18 +117,10 @@ def test_large_tensor_short_rows_match_reference(dtype, shape, rng, monkeypatch)
     threshold, taken whole by the parallel kernels (7x7: not prefetched; 28x28: rows of
     3 KB, prefetched), in place and on the standard path, against the reference."""
     assert np.prod(shape) >= cpu._config.PARALLEL_MIN and shape[2] * shape[3] <= cpu._BLOCK
-    seen = []
-    walk = cpu._walk
-
-    def spy(groups, target):
-        for item in walk(groups, target):
-            seen.append((item[1], item[2]))
-            yield item
-
-    monkeypatch.setattr(cpu, "_walk", spy)
+    seen = spy_walk(monkeypatch)
     check_inplace(dtype, "leaky_relu", False, shape, "train", "signed", rng)
-    assert seen and all(kind == "cf" and nb[0] * nb[1] > 1 for kind, nb in seen)
-    assert all((nb[3] is None) == (shape[2] == 7) for _, nb in seen)
+    assert seen and all(kind == "cf" and nb[0] * nb[1] > 1 for _, kind, nb in seen)
+    assert all((nb[3] is None) == (shape[2] == 7) for _, _, nb in seen)
 
     C = shape[1]
     layer = make_layer(numbaabn.ABN, C, dtype, "elu", False, "train", "signed")
@@ -143,18 +149,10 @@ def test_split_channels_last_rows_prefetch_rows_ahead(dtype, rng, monkeypatch):
     the bytes past the block (the next block's channels). Results against the
     reference."""
     shape = (128, 4096)
-    seen = []
-    walk = cpu._walk
-
-    def spy(groups, target):
-        for item in walk(groups, target):
-            seen.append((item[0][0], item[2]))
-            yield item
-
-    monkeypatch.setattr(cpu, "_walk", spy)
+    seen = spy_walk(monkeypatch)
     check_inplace(dtype, "leaky_relu", True, shape, "train", "signed", rng)
     assert seen
-    for v, nb in seen:
+    for v, _, nb in seen:
         piece = -(-v.shape[1] // nb[1]) * v.itemsize
         assert nb[1] > 1 and piece >= 512 and v.strides[0] == shape[1] * v.itemsize
         rows = -(-cpu._AHEAD // piece)
