@@ -358,6 +358,15 @@ def _centred_sums(blk, k, zero):
     return np.float64(b1), np.float64(b2)
 
 
+@_inline
+def _block_mean(blk, zero):
+    """Mean of one block, summed in the compute dtype (a channel's centre)."""
+    k = zero
+    for i in range(len(blk)):
+        k += load(blk[i])
+    return k / _as(len(blk), zero)
+
+
 def _statistics_cf(x, shift, part, scratch, nbn, nbc, nbs, ahead, out, zero):
     N, C, S = x.shape
     for t in prange(nbn * nbc * nbs):
@@ -370,11 +379,7 @@ def _statistics_cf(x, shift, part, scratch, nbn, nbc, nbs, ahead, out, zero):
             continue
         if S <= _BLOCK:  # whole short rows (see the channels-first note)
             for c in range(c0, c1):
-                first = x[n0, c]
-                k = zero
-                for i in range(S):
-                    k += load(first[i])
-                kc[c] = k / _as(S, zero)
+                kc[c] = _block_mean(x[n0, c], zero)
             for n in range(n0, n1):
                 for c in range(c0, c1):
                     xr = x[n, c]
@@ -392,10 +397,7 @@ def _statistics_cf(x, shift, part, scratch, nbn, nbc, nbs, ahead, out, zero):
                     if n == n0:  # centre the channel on the mean of its first block, in L1
                         first = xr[:min(_BLOCK, s1 - s0)]
                         _ahead(first, ahead)
-                        k = zero
-                        for i in range(len(first)):
-                            k += load(first[i])
-                        k /= _as(len(first), zero)
+                        k = _block_mean(first, zero)
                         kc[c] = k
                         a1, a2 = _centred_sums(first, k, zero)
                         start = len(first)
