@@ -33,6 +33,7 @@ math and PyTorch's ``BatchNorm + LeakyReLU(inplace=True)`` (forward, and
 forward+backward through autograd), each as its time divided by numbaabn's.
 """
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -302,7 +303,9 @@ def bench_row(shape, dtype, fmt, repeats=7, compare=True):
 
 
 _FIRST_CALL = """
-import time
+import sys, time
+if sys.argv[1:] == ["hide-scipy"]:
+    sys.modules["scipy"] = None  # imports of SciPy fail at once, as where it is not installed
 t0 = time.perf_counter()
 import numpy as np
 import numbaabn
@@ -312,22 +315,34 @@ y, saved = numbaabn.inplace_abn_forward(x, np.ones(64, np.float32), np.zeros(64,
 t2 = time.perf_counter()
 numbaabn.inplace_abn_backward(np.ones_like(x), saved)
 t3 = time.perf_counter()
-print(t1 - t0, t2 - t1, t3 - t2)
+print(t1 - t0, t2 - t1, t3 - t2, int(sys.modules.get("scipy") is not None))
 """
+
+
+def _scipy_installed():
+    return importlib.util.find_spec("scipy") is not None
 
 
 def first_call_costs():
     """Import, first forward and first backward, with a cold and then a warm cache
-    (fresh processes; NUMBA_CACHE_DIR pointed at a new folder)."""
+    (fresh processes; NUMBA_CACHE_DIR pointed at a new folder).
+
+    Where SciPy is installed, the warm-cache call is also timed with SciPy hidden
+    ("warm_no_scipy"): Numba's first compilation or cache load in a process probes
+    for BLAS by importing ``scipy.linalg`` (0.3-0.4 s on the machine of
+    BENCHMARKS.md), which a process without SciPy (numbaabn does not need it) skips."""
     out = {}
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ, NUMBA_CACHE_DIR=cache)
-        for label in ("cold", "warm"):
-            p = subprocess.run([sys.executable, "-c", _FIRST_CALL], env=env,
+        runs = [("cold", []), ("warm", [])]
+        if _scipy_installed():
+            runs.append(("warm_no_scipy", ["hide-scipy"]))
+        for label, extra in runs:
+            p = subprocess.run([sys.executable, "-c", _FIRST_CALL] + extra, env=env,
                                capture_output=True, text=True, check=True)
-            imp, fwd, bwd = map(float, p.stdout.split())
+            imp, fwd, bwd, scipy = map(float, p.stdout.split())
             out[label] = dict(import_s=imp, first_forward_s=fwd, first_backward_s=bwd,
-                              total_s=imp + fwd + bwd)
+                              total_s=imp + fwd + bwd, scipy_imported=bool(scipy))
     return out
 
 
@@ -349,7 +364,8 @@ def run(rows=ROWS, layouts=("NCHW", "NHWC"), repeats=7, compare=True, first_call
 def machine():
     info = dict(cpus=os.cpu_count(), numba_threads=int(__import__("numba").get_num_threads()),
                 python=sys.version.split()[0], numpy=np.__version__,
-                numba=__import__("numba").__version__, numbaabn=numbaabn.__version__)
+                numba=__import__("numba").__version__, numbaabn=numbaabn.__version__,
+                scipy_installed=_scipy_installed())
     try:
         with open("/proc/cpuinfo") as f:
             info["cpu"] = next(line.split(":", 1)[1].strip() for line in f
@@ -398,8 +414,10 @@ def table(results):
               "(forward / backward); numpy / torch f / torch fb: their time over numbaabn's "
               "(forward+backward; torch f: forward only)"]
     if "first_call" in results:
+        names = {"cold": "cold cache", "warm": "warm cache",
+                 "warm_no_scipy": "warm cache, SciPy hidden"}
         for k, v in results["first_call"].items():
-            lines.append(f"first call, {k} cache: import {v['import_s']:.2f} s, forward "
+            lines.append(f"first call, {names.get(k, k)}: import {v['import_s']:.2f} s, forward "
                          f"{v['first_forward_s']:.2f} s, backward {v['first_backward_s']:.2f} s "
                          f"(total {v['total_s']:.2f} s)")
     return "\n".join(lines)
