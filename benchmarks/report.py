@@ -107,8 +107,17 @@ def targets(res):
                  f"{max(per_el):.2f}x the float32 time | {_met(max(per_el) <= 2)} |")
     fc = res.get("first_call")
     if fc:
-        lines.append(f"| warm-cache first call < 1 s | {fc['warm']['total_s']:.2f} s (cold: "
-                     f"{fc['cold']['total_s']:.1f} s) | {_met(fc['warm']['total_s'] < 1)} |")
+        warm, hidden = fc["warm"]["total_s"], fc.get("warm_no_scipy", {}).get("total_s")
+        if hidden is None:  # SciPy not installed, or results from before it was timed
+            lines.append(f"| warm-cache first call < 1 s | {warm:.2f} s (cold: "
+                         f"{fc['cold']['total_s']:.1f} s) | {_met(warm < 1)} |")
+        else:  # Numba's BLAS probe imports SciPy where it is installed
+            status = _met(warm < 1) if warm < 1 or hidden >= 1 else \
+                "**met** without SciPy, not met with it"
+            lines.append(f"| warm-cache first call < 1 s | {hidden:.2f} s without SciPy (as "
+                         f"installed: numbaabn does not need it), {warm:.2f} s with SciPy "
+                         f"installed (Numba imports it to probe for BLAS); cold: "
+                         f"{fc['cold']['total_s']:.1f} s | {status} |")
     return "\n".join(lines)
 
 

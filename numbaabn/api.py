@@ -290,6 +290,7 @@ def _act_constants(alpha, cdtype):
 
 
 _ACT_CONSTANTS = {}
+_NO_WEIGHT = np.zeros(0)
 _NO_RUNNING = {np.dtype(np.float32): np.zeros(0, np.float32),
                np.dtype(np.float64): np.zeros(0, np.float64)}
 
@@ -485,25 +486,22 @@ def _backward(dz, saved, in_place, stream=None):
     sums = local
     if saved.batch_stats and hook is not None:
         sums = mpi_sync.allreduce_sum(hook, local)
-    A = coef[2].astype(np.float64)
-    M = saved.count
-    coef[4] = A
-    if saved.batch_stats and M > 0:
-        coef[5] = -A * sums[1] / M
-        coef[6] = -A * sums[0] / M
+    train = saved.batch_stats and saved.count > 0
+    pdtype = _param_dtype(saved.dtype)
+    C = coef.shape[1]
+    dw = np.empty(C if w is not None else 0, pdtype)
+    db = np.empty(C if saved.has_bias else 0, pdtype)
+    cpu.gradient_coefficients(coef, sums, float(saved.count), train, local,
+                              _NO_WEIGHT if w is None else w, saved.weight_mode == "abs",
+                              dw, db)
+    if train:
         backend.backward_train(src_views, dz_views, out_views, coef, act, a, ia, lo,
                                saved.from_x, stream=stream)
     else:
         backend.backward_eval(src_views, dz_views, out_views, coef, act, a, ia, lo,
                               saved.from_x, stream=stream)
-
-    pdtype = _param_dtype(saved.dtype)
-    dweight = dbias = None
-    if w is not None:
-        s2 = local[1] * np.where(w >= 0, 1.0, -1.0) if saved.weight_mode == "abs" else local[1]
-        dweight = s2.astype(pdtype)
-    if saved.has_bias:
-        dbias = local[0].astype(pdtype)
+    dweight = None if w is None else dw
+    dbias = db if saved.has_bias else None
     if saved.device_grads:  # functional API on device arrays: gradients on the device
         dweight = None if dweight is None else backend.from_host(dweight)
         dbias = None if dbias is None else backend.from_host(dbias)

@@ -962,6 +962,28 @@ def fill_coefficients(mean, var, w, b, eps, abs_mode, in_place, batch_stats, coe
     return True
 
 
+@njit(cache=_config.CACHE)  # no fast-math: rounds as NumPy's expressions did
+def gradient_coefficients(coef, sums, count, train, local, w, abs_mode, dweight, dbias):
+    """Rows 4-6 of ``coef`` (P, Q, R of ``dx = P g + Q x̂ + R``) from the gradient sums
+    ``sums`` (float64 (2, C): Σg, Σg·x̂ over all workers); ``train`` False: P only (the
+    statistics were constants). Then the parameter gradients from this worker's sums
+    ``local`` into ``dweight`` (Σg·x̂, times sign(w) with abs_mode) and ``dbias`` (Σg),
+    each of length C or 0 (not wanted). One compiled call in place of eight NumPy
+    expressions and their temporaries: (256, 4096) float32 backward-train, 61
+    alternating calls, 2.43-2.52 -> 2.20-2.28x the floor (same results bit for bit)."""
+    C = coef.shape[1]
+    for c in range(C):
+        A = np.float64(coef[2, c])
+        coef[4, c] = A
+        if train:
+            coef[5, c] = -A * sums[1, c] / count
+            coef[6, c] = -A * sums[0, c] / count
+    for c in range(len(dweight)):
+        dweight[c] = local[1, c] * (1.0 if w[c] >= 0 else -1.0) if abs_mode else local[1, c]
+    for c in range(len(dbias)):
+        dbias[c] = local[0, c]
+
+
 _small_statistics = _small_forward = None  # bound per layout and family (_SMALL, _clone)
 
 
