@@ -336,10 +336,13 @@ def _recentre(a1, a2, cnt, k, knew):
 # of a float32 block sum is bounded by the block length (<= ~2e-6, typically ~3e-7), it
 # does not grow with the tensor, and the block loops run at the speed of float32
 # vectors (float64 accumulation of every element converts every element: ~1.5x
-# slower). For float64 data the blocks are float64. Statistics are centred, per work
-# item, on the mean of the item's first block (an outlier moves that centre by at
-# most its share of one block), and each item's sums move to the channel's shift
-# exactly in float64 before they fold. Limit: float32 squares overflow beyond
+# slower). For float64 data the blocks are float64. Statistics are centred: channels
+# first, each work item on the mean of its first block of each channel (read again from
+# L1); channels last, every item on one centre per channel, the mean of 8-32 rows spread
+# over the tensor (_sample_centre, before the items: an item's own first block would be
+# read twice from beyond L1, ~0.1-0.3 stream passes where items are short). An outlier
+# moves a centre by at most its share of the block or sample. Each item's sums move to
+# the channel's shift exactly in float64 before they fold. Limit: float32 squares overflow beyond
 # |x - mean| ~ 1e19, where the statistics come out non-finite and training raises.
 _BLOCK = 1024
 _ROWS = 32
@@ -554,26 +557,52 @@ def _backward_apply_cf(src, dz, dx, inplace, coef, a, ia, lo, from_x, train, nbn
 
 # ---- channels last: views (M, C) ---------------------------------------------------
 
+@_inline
+def _sample_rows(M):
+    """Rows in the channels-last centre's sample: _ROWS, fewer where the tensor has
+    under 8 * _ROWS rows (at most an eighth of them, at least 8): the sample is read
+    from memory again by the items."""
+    return min(_ROWS, M, max(8, M // 8))
+
+
+@_inline
+def _sample_centre(x, kc, c0, c1, zero):
+    """kc[c] for c0 <= c < c1 = the mean of ``_sample_rows`` rows of x spread evenly over
+    its M rows, summed in the compute dtype (the type of ``zero``)."""
+    M = x.shape[0]
+    R = _sample_rows(M)
+    k = kc[c0:c1]
+    for c in range(c1 - c0):
+        k[c] = zero
+    for i in range(R):
+        xr = x[(i * M) // R, c0:c1]
+        for c in range(c1 - c0):
+            k[c] += load(xr[c])
+    for c in range(c1 - c0):
+        k[c] /= _as(max(R, 1), zero)
+
+
+_SAMPLE_SERIAL_MAX = 1 << 17  # elements: a larger sample is read by all threads
+
+
 def _statistics_cl(x, shift, part, scratch, nbm, nbc, _nb, ahead, out, zero):
     M, C = x.shape
+    kc = scratch[0, 2]  # the channels' common centre, before the items
+    if _sample_rows(M) * C <= _SAMPLE_SERIAL_MAX:
+        _sample_centre(x, kc, 0, C, zero)
+    else:
+        for j in prange((C + 1023) // 1024):
+            _sample_centre(x, kc, j * 1024, min(C, j * 1024 + 1024), zero)
     for t in prange(nbm * nbc):
         jm, m0, m1, c0, c1 = _item_cl(t, M, C, nbm, nbc)
         w = c1 - c0
         p1, p2 = part[jm, 0, c0:c1], part[jm, 1, c0:c1]
-        b1, b2, kc = scratch[jm, 0, c0:c1], scratch[jm, 1, c0:c1], scratch[jm, 2, c0:c1]
+        b1, b2, k = scratch[jm, 0, c0:c1], scratch[jm, 1, c0:c1], kc[c0:c1]
         for c in range(w):
             p1[c] = 0.0
             p2[c] = 0.0
-            kc[c] = zero
         if m1 == m0:
             continue
-        r1 = min(m0 + _ROWS, m1)
-        for m in range(m0, r1):  # centre each channel on the mean of the first block
-            xr = x[m, c0:c1]
-            for c in range(w):
-                kc[c] += load(xr[c])
-        for c in range(w):
-            kc[c] /= _as(r1 - m0, zero)
         for r0 in range(m0, m1, _ROWS):
             for c in range(w):
                 b1[c] = zero
@@ -585,24 +614,24 @@ def _statistics_cl(x, shift, part, scratch, nbm, nbc, _nb, ahead, out, zero):
                 _ahead(xr, ahead)
                 _ahead(xs, ahead)
                 for c in range(w):
-                    d = load(xr[c]) - kc[c]
-                    e = load(xs[c]) - kc[c]
+                    d = load(xr[c]) - k[c]
+                    e = load(xs[c]) - k[c]
                     b1[c] += d + e
                     b2[c] += d * d + e * e
             if (re - r0) % 2:
                 xr = x[re - 1, c0:c1]
                 _ahead(xr, ahead)
                 for c in range(w):
-                    d = load(xr[c]) - kc[c]
+                    d = load(xr[c]) - k[c]
                     b1[c] += d
                     b2[c] += d * d
             for c in range(w):
                 p1[c] += np.float64(b1[c])
                 p2[c] += np.float64(b2[c])
-        k = shift[c0:c1]
+        s = shift[c0:c1]
         cnt = np.float64(m1 - m0)
         for c in range(w):
-            p1[c], p2[c] = _recentre(p1[c], p2[c], cnt, kc[c], k[c])
+            p1[c], p2[c] = _recentre(p1[c], p2[c], cnt, k[c], s[c])
     _fold(part, out)
 
 
@@ -1033,8 +1062,9 @@ def copy(a, stream=None):
 def statistics(views, C, stream=None):
     """Per-channel count, mean and M2 (sum of squared deviations), float64 (C,).
 
-    Each work item centres its sums on the mean of its first block, then moves them
-    to the channel's first element (exactly, in float64) to merge: the variance stays
+    Each work item centres its sums (on the mean of its first block, channels first;
+    on the mean of rows sampled over the tensor, channels last), then moves them to the
+    channel's first element (exactly, in float64) to merge: the variance stays
     accurate for data with a large offset (x = 1e4 + N(0, 1)) or an outlier."""
     size = _size(views)
     count = size // C if C else 0

@@ -34,12 +34,13 @@ def test_large_offset_float32(shape, fmt, path, rng):
 
 @pytest.mark.parametrize("shape,fmt", [((64, 4, 32, 32), "NCHW"), ((64, 32, 32, 4), "NHWC"),
                                        ((1, 2, 300_000), "NCHW"), ((300_000, 3), "NC"),
-                                       ((4096, 3), "NHWC")])
+                                       ((4096, 3), "NHWC"), ((64, 32768), "NC")])
 @pytest.mark.parametrize("case", ["outlier first", "sorted", "tiny spread"])
 def test_statistics_hard_data_float32(shape, fmt, case, rng):
     """Statistics of float32 data that defeat naive shifted sums, against float64:
     an outlier as the first element (10^4 sigma: the centre of the block sums must
-    not stay there), sorted data, and a spread 1e-4 of the mean."""
+    not stay there), sorted data, and a spread 1e-4 of the mean. (64, 32768): the
+    channels-last centre's sample is read by all threads (``cpu._SAMPLE_SERIAL_MAX``)."""
     x0 = rng.standard_normal(shape)
     if case == "outlier first":
         x0.flat[0] = 1e4
