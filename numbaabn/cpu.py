@@ -342,8 +342,9 @@ def _recentre(a1, a2, cnt, k, knew):
 # over the tensor (_sample_centre, before the items: an item's own first block would be
 # read twice from beyond L1, ~0.1-0.3 stream passes where items are short). An outlier
 # moves a centre by at most its share of the block or sample. Each item's sums move to
-# the channel's shift exactly in float64 before they fold. Limit: float32 squares overflow beyond
-# |x - mean| ~ 1e19, where the statistics come out non-finite and training raises.
+# the channel's shift exactly in float64 before they fold. Limit: float32 squares
+# overflow beyond |x - mean| ~ 1e19, where the statistics come out non-finite and
+# training raises.
 _BLOCK = 1024
 _ROWS = 32
 
