@@ -591,9 +591,11 @@ def _statistics_cl(x, shift, part, scratch, nbm, nbc, _nb, ahead, out, zero):
     kc = scratch[0, 2]  # the channels' common centre, before the items
     if _sample_rows(M) * C <= _SAMPLE_SERIAL_MAX:
         _sample_centre(x, kc, 0, C, zero)
-    else:
-        for j in prange((C + 1023) // 1024):
-            _sample_centre(x, kc, j * 1024, min(C, j * 1024 + 1024), zero)
+    else:  # by channel blocks of about 1024
+        nb = (C + 1023) // 1024
+        for j in prange(nb):
+            s0, s1 = _span(j, nb, C)
+            _sample_centre(x, kc, s0, s1, zero)
     for t in prange(nbm * nbc):
         jm, m0, m1, c0, c1 = _item_cl(t, M, C, nbm, nbc)
         w = c1 - c0
