@@ -7,29 +7,38 @@ Same primitives, same math, same coefficient table (see ``cpu.py``):
 are written into the caller's memory. Device data must be C-contiguous; a layout
 the kernels cannot walk in place raises instead of being copied.
 
-Kernels:
+Kernels (one per operation, activation and layout, made on first use so that the
+operation and the activation are compile-time constants):
 
-* element-wise (forward, backward apply): one thread per element, grid-stride,
-  on the flat array; the channel of element ``i`` is ``(i // S) % C`` for the
-  channels-first view ``(N, C, S)`` and ``i % C`` for channels-last ``(M, C)``
-  (``S = 1``): consecutive threads touch consecutive addresses in both layouts.
-* reductions (statistics, backward reduce), float64 accumulation of values
-  shifted by the channel's first element:
-  channels first: block (channel, chunk), threads stride along the channel's rows
-  (coalesced), shared-memory tree reduction; channels last: 2-D blocks, threads
-  along x cover consecutive channels (coalesced), along y rows, reduced over y.
-  Each block writes one partial; the O(C x blocks) partials are summed on the host
-  (with a common shift, sums merge exactly), which is also where synchronized
-  statistics are exchanged (staged through host memory).
+* element-wise (forward, backward apply): grid-stride over the flat array; each
+  thread handles ``UNROLL`` elements ``T`` apart per round (all loads issued before
+  the arithmetic) and keeps each element's channel, ``(i // S) % C`` for the
+  channels-first view ``(N, C, S)`` and ``i % C`` for channels last ``(M, C)``
+  (``S = 1``), by additions: consecutive threads touch consecutive addresses in
+  both layouts, and no 64-bit division runs in the loop.
+* reductions (statistics, backward reduce), float64 accumulation, the statistics
+  of values shifted by the channel's first element: channels first, block
+  (chunk, channel), threads walk the chunk's (image, position) pairs; channels last,
+  2-D blocks, threads along x cover consecutive channels, along y rows, reduced over
+  y. Each block writes one partial; the O(C x blocks) partials are summed on the host
+  (with a common shift, sums merge exactly), which is also where the coefficients are
+  computed and synchronized statistics exchanged (staged through host memory).
 
-``THREADS`` (threads per block, a power of two) and ``TILE`` (channels per block
-in the channels-last reductions) are module attributes; tests set them small so
-that tiny arrays still cross block and grid boundaries.
+Small buffers (coefficient table, partial sums, their page-locked host copies) are
+reused per host thread and stream (see ``_buffer``).
+
+``THREADS`` (threads per block, a power of two), ``TILE`` (channels per block in the
+channels-last reductions), ``MAX_BLOCKS`` and ``BLOCK_WORK`` are module attributes;
+the simulator tests set them small so that tiny arrays still cross block, chunk and
+grid boundaries.
 """
+import collections
+import math
+import threading
 import types as pytypes
 
 import numpy as np
-from numba import cuda, float64
+from numba import cuda, float64, int64
 
 from . import _scalar, cpu
 
@@ -38,6 +47,9 @@ THREADS = 256          # threads per block; a power of two, at most MAX_THREADS
 TILE = 32              # channels per block in the channels-last reductions
 MAX_THREADS = 256      # size of the shared-memory reduction buffers
 MAX_BLOCKS = 4096      # grid size cap for the grid-stride element-wise kernels
+UNROLL = 4             # elements per thread per loop round (loads in flight)
+REDUCE_BLOCKS = 2048   # blocks a reduction aims for (enough to fill the device) ...
+BLOCK_WORK = 4096      # ... while each block sums at least this many values
 
 
 def _device(fn, overrides=None):
@@ -69,137 +81,245 @@ def _grad_and_centred(sv, dv, coef, c, act, a, ia, lo, from_x):
 
 
 # ---- element-wise kernels -----------------------------------------------------------
+#
+# Thread t of T handles the flat elements e, e + T, e + 2T, e + 3T (UNROLL lanes), then
+# e += UNROLL * T: consecutive threads touch consecutive addresses, and each thread has
+# UNROLL loads in flight before it computes. Lane k keeps the position (s, c) of its
+# element (s = e % S, c = (e // S) % C) and moves it on with additions: one division
+# per lane at the start, none in the loop (64-bit division is a long instruction
+# sequence on the GPU, and the loop is otherwise a handful of instructions).
 
-@cuda.jit
-def _forward_kernel(x, out, C, S, coef, act, a):
-    i = cuda.grid(1)
-    step = cuda.gridsize(1)
-    while i < x.size:
-        c = (i // S) % C
-        out[i] = act_forward((x[i] - coef[0, c]) * coef[2, c] + coef[3, c], act, a)
-        i += step
+@cuda.jit(device=True)
+def _locate(e, S, C):
+    """(s, c) of flat element e of a channels-first (.., C, S) view (S = 1: channels last)."""
+    q = e // S
+    return e - q * S, q % C
 
 
-@cuda.jit
-def _backward_apply_kernel(src, dz, dx, C, S, coef, act, a, ia, lo, from_x, train):
-    i = cuda.grid(1)
-    step = cuda.gridsize(1)
-    while i < src.size:
-        c = (i // S) % C
-        gr, xh = _grad_and_centred(src[i], dz[i], coef, c, act, a, ia, lo, from_x)
-        if train:
-            dx[i] = coef[4, c] * gr + coef[5, c] * xh + coef[6, c]
-        else:
-            dx[i] = coef[4, c] * gr
-        i += step
+@cuda.jit(device=True)
+def _advance(s, c, ds, dc, S, C):
+    """(s, c) of the element D further on, given ds = D % S and dc = (D // S) % C
+    (s + ds < 2S and c + dc + 1 < 2C: one correction each)."""
+    s += ds
+    c += dc
+    if s >= S:
+        s -= S
+        c += 1
+    if c >= C:
+        c -= C
+    return s, c
+
+
+@cuda.jit(device=True)
+def _take(src, dz, i, u, v, k, both):
+    """u[k] = src[i] and v[k] = dz[i] (or src[i] when ``both`` is false: dz not read),
+    converted to the dtype of u and v."""
+    u[k] = src[i]
+    v[k] = dz[i] if both else u[k]
+
+
+def _map_kernel(op, act):
+    """The element-wise kernel of ``op`` and activation code ``act`` (compile-time
+    constants): 0 forward ``out = act((x - h) g + e)``, 1 backward train, 2 backward
+    eval (``dx`` from the output ``src`` and ``dz``; see cpu.py for the coefficient rows)."""
+
+    @cuda.jit(device=True)
+    def value(sv, dv, coef, c, a, ia, lo, from_x):
+        if op == 0:
+            return act_forward((sv - coef[0, c]) * coef[2, c] + coef[3, c], act, a)
+        gr, xh = _grad_and_centred(sv, dv, coef, c, act, a, ia, lo, from_x)
+        if op == 1:
+            return coef[4, c] * gr + coef[5, c] * xh + coef[6, c]
+        return coef[4, c] * gr
+
+    @cuda.jit
+    def kernel(src, dz, out, C, S, ds, dc, coef, a, ia, lo, from_x):
+        T = cuda.gridsize(1)
+        e = cuda.grid(1)
+        n = src.size
+        sk = cuda.local.array(UNROLL, int64)
+        ck = cuda.local.array(UNROLL, int64)
+        u = cuda.local.array(UNROLL, coef.dtype)  # loads converted to the compute dtype
+        v = cuda.local.array(UNROLL, coef.dtype)
+        for k in range(UNROLL):
+            sk[k], ck[k] = _locate(e + k * T, S, C)
+        while e + (UNROLL - 1) * T < n:
+            for k in range(UNROLL):
+                _take(src, dz, e + k * T, u, v, k, op != 0)
+            for k in range(UNROLL):
+                out[e + k * T] = value(u[k], v[k], coef, ck[k], a, ia, lo, from_x)
+                sk[k], ck[k] = _advance(sk[k], ck[k], ds, dc, S, C)
+            e += UNROLL * T
+        for k in range(UNROLL - 1):  # the last, partial round
+            i = e + k * T
+            if i < n:
+                _take(src, dz, i, u, v, k, op != 0)
+                out[i] = value(u[k], v[k], coef, ck[k], a, ia, lo, from_x)
+    return kernel
 
 
 # ---- reductions -----------------------------------------------------------------------
+#
+# Each block sums one channel (channels first) or one tile of channels (channels last)
+# over a chunk of the rows, in float64, each thread with UNROLL loads in flight; a
+# shared-memory tree reduces the threads; part[:, c, j] holds chunk j's sums and, for
+# the statistics, part[0, c, J] the channel's shift (its first element, 0 if not finite),
+# read by every block, so the statistics are one kernel and one copy to the host.
 
 @cuda.jit(device=True)
-def _block_sum(s1, s2, tid, width):
-    """Tree reduction of shared s1, s2 over ``width`` (a power of two) entries."""
+def _block_sum(s1, s2, tid, width, stride):
+    """Tree reduction of shared s1, s2 over ``width`` (a power of two) entries
+    ``stride`` apart, starting at ``tid``."""
     half = width // 2
     while half > 0:
         cuda.syncthreads()
-        if tid < half:
-            s1[tid] += s1[tid + half]
-            s2[tid] += s2[tid + half]
+        if tid < half * stride:
+            s1[tid] += s1[tid + half * stride]
+            s2[tid] += s2[tid + half * stride]
         half //= 2
     cuda.syncthreads()
 
 
 @cuda.jit(device=True)
-def _pair(mode, sv, dv, k, coef, c, act, a, ia, lo, from_x):
-    """The two summands of one element: (d, d²) for statistics (mode 0, d = x -
-    shift), (g, g x̂) for the backward reduction (mode 1)."""
-    if mode == 0:
-        d = float64(sv) - k
-        return d, d * d
-    gr, xh = _grad_and_centred(sv, dv, coef, c, act, a, ia, lo, from_x)
-    return float64(gr), float64(gr) * float64(xh)
+def _shift(v):
+    k = float64(v)
+    return k if math.isfinite(k) else 0.0
 
 
-@cuda.jit
-def _reduce_cf(mode, x, dz, N, C, S, shift, coef, act, a, ia, lo, from_x, part):
-    """Block (chunk j, channel c) of a channels-first view; part[c, j, :] = sums."""
-    s1 = cuda.shared.array(MAX_THREADS, float64)
-    s2 = cuda.shared.array(MAX_THREADS, float64)
-    tid = cuda.threadIdx.x
-    nt = cuda.blockDim.x
-    j = cuda.blockIdx.x
-    c = cuda.blockIdx.y
-    total = N * S
-    per = (total + cuda.gridDim.x - 1) // cuda.gridDim.x
-    lo_k = j * per
-    hi_k = min(total, lo_k + per)
-    k0 = shift[c]
-    acc1 = 0.0
-    acc2 = 0.0
-    q = lo_k + tid
-    while q < hi_k:
-        n = q // S
-        idx = (n * C + c) * S + (q - n * S)
-        u, v = _pair(mode, x[idx], dz[idx], k0, coef, c, act, a, ia, lo, from_x)
-        acc1 += u
-        acc2 += v
-        q += nt
-    s1[tid] = acc1
-    s2[tid] = acc2
-    _block_sum(s1, s2, tid, nt)
-    if tid == 0:
-        part[c, j, 0] = s1[0]
-        part[c, j, 1] = s2[0]
+def _reduce_kernels(mode, act):
+    """The channels-first and channels-last reductions of ``mode`` and activation code
+    ``act`` (compile-time constants): 0 statistics, sums of (d, d²) with d = x - shift;
+    1 backward, sums of (g, g x̂) from the output ``x`` and ``dz``. ``part[0/1, c, j]``
+    receives chunk j's two sums."""
+
+    @cuda.jit(device=True)
+    def pair(sv, dv, k0, coef, c, a, ia, lo, from_x):
+        if mode == 0:
+            d = float64(sv) - k0
+            return d, d * d
+        gr, xh = _grad_and_centred(sv, dv, coef, c, act, a, ia, lo, from_x)
+        return float64(gr), float64(gr) * float64(xh)
+
+    @cuda.jit(device=True)
+    def finish(part, c, j, J, sum1, sum2, k0):
+        part[0, c, j] = sum1
+        part[1, c, j] = sum2
+        if mode == 0 and j == 0:
+            part[0, c, J] = k0
+
+    @cuda.jit
+    def cf(x, dz, N, C, S, coef, a, ia, lo, from_x, part):
+        """Block (chunk j, channel c): the chunk's share of the channel's N·S values,
+        walked as (image n, position s) with additions."""
+        s1 = cuda.shared.array(MAX_THREADS, float64)
+        s2 = cuda.shared.array(MAX_THREADS, float64)
+        tid = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        j = cuda.blockIdx.x
+        J = cuda.gridDim.x
+        c = cuda.blockIdx.y
+        total = N * S
+        per = (total + J - 1) // J
+        q = j * per + tid
+        hi = min(total, j * per + per)
+        k0 = _shift(x[c * S]) if mode == 0 else 0.0
+        base = c * S
+        CS = C * S
+        dn = (UNROLL * nt) // S
+        dsx = (UNROLL * nt) - dn * S
+        nk = cuda.local.array(UNROLL, int64)
+        sk = cuda.local.array(UNROLL, int64)
+        u = cuda.local.array(UNROLL, coef.dtype)  # loads converted to the compute dtype
+        v = cuda.local.array(UNROLL, coef.dtype)
+        for k in range(UNROLL):
+            nk[k] = (q + k * nt) // S
+            sk[k] = q + k * nt - nk[k] * S
+        acc1 = 0.0
+        acc2 = 0.0
+        while q + (UNROLL - 1) * nt < hi:
+            for k in range(UNROLL):
+                _take(x, dz, nk[k] * CS + base + sk[k], u, v, k, mode != 0)
+            for k in range(UNROLL):
+                p1, p2 = pair(u[k], v[k], k0, coef, c, a, ia, lo, from_x)
+                acc1 += p1
+                acc2 += p2
+                sk[k] += dsx
+                nk[k] += dn
+                if sk[k] >= S:
+                    sk[k] -= S
+                    nk[k] += 1
+            q += UNROLL * nt
+        for k in range(UNROLL - 1):
+            if q + k * nt < hi:
+                _take(x, dz, nk[k] * CS + base + sk[k], u, v, k, mode != 0)
+                p1, p2 = pair(u[k], v[k], k0, coef, c, a, ia, lo, from_x)
+                acc1 += p1
+                acc2 += p2
+        s1[tid] = acc1
+        s2[tid] = acc2
+        _block_sum(s1, s2, tid, nt, 1)
+        if tid == 0:
+            finish(part, c, j, J, s1[0], s2[0], k0)
+
+    @cuda.jit
+    def cl(x, dz, M, C, coef, a, ia, lo, from_x, part):
+        """Block (channel tile, row chunk j): threads along x are consecutive channels,
+        along y rows."""
+        s1 = cuda.shared.array(MAX_THREADS, float64)
+        s2 = cuda.shared.array(MAX_THREADS, float64)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        tw = cuda.blockDim.x
+        th = cuda.blockDim.y
+        c = cuda.blockIdx.x * tw + tx
+        j = cuda.blockIdx.y
+        J = cuda.gridDim.y
+        per = (M + J - 1) // J
+        m = j * per + ty
+        m1 = min(M, j * per + per)
+        acc1 = 0.0
+        acc2 = 0.0
+        k0 = 0.0
+        if c < C:
+            if mode == 0:
+                k0 = _shift(x[c])
+            u = cuda.local.array(UNROLL, coef.dtype)
+            v = cuda.local.array(UNROLL, coef.dtype)
+            while m + (UNROLL - 1) * th < m1:
+                for k in range(UNROLL):
+                    _take(x, dz, (m + k * th) * C + c, u, v, k, mode != 0)
+                for k in range(UNROLL):
+                    p1, p2 = pair(u[k], v[k], k0, coef, c, a, ia, lo, from_x)
+                    acc1 += p1
+                    acc2 += p2
+                m += UNROLL * th
+            while m < m1:
+                _take(x, dz, m * C + c, u, v, 0, mode != 0)
+                p1, p2 = pair(u[0], v[0], k0, coef, c, a, ia, lo, from_x)
+                acc1 += p1
+                acc2 += p2
+                m += th
+        t = ty * tw + tx
+        s1[t] = acc1
+        s2[t] = acc2
+        _block_sum(s1, s2, t, th, tw)  # over y (rows)
+        if ty == 0 and c < C:
+            finish(part, c, j, J, s1[tx], s2[tx], k0)
+    return cf, cl
 
 
-@cuda.jit
-def _reduce_cl(mode, x, dz, M, C, shift, coef, act, a, ia, lo, from_x, part):
-    """Block (channel tile, row chunk j) of a channels-last view; threads along x
-    are consecutive channels; part[c, j, :] = sums over the chunk's rows."""
-    s1 = cuda.shared.array(MAX_THREADS, float64)
-    s2 = cuda.shared.array(MAX_THREADS, float64)
-    tx = cuda.threadIdx.x
-    ty = cuda.threadIdx.y
-    tw = cuda.blockDim.x
-    th = cuda.blockDim.y
-    c = cuda.blockIdx.x * tw + tx
-    j = cuda.blockIdx.y
-    per = (M + cuda.gridDim.y - 1) // cuda.gridDim.y
-    m0 = j * per
-    m1 = min(M, m0 + per)
-    acc1 = 0.0
-    acc2 = 0.0
-    if c < C:
-        k0 = shift[c]
-        m = m0 + ty
-        while m < m1:
-            idx = m * C + c
-            u, v = _pair(mode, x[idx], dz[idx], k0, coef, c, act, a, ia, lo, from_x)
-            acc1 += u
-            acc2 += v
-            m += th
-    t = ty * tw + tx
-    s1[t] = acc1
-    s2[t] = acc2
-    half = th // 2  # reduce over y (rows), th a power of two
-    while half > 0:
-        cuda.syncthreads()
-        if ty < half:
-            s1[t] += s1[t + half * tw]
-            s2[t] += s2[t + half * tw]
-        half //= 2
-    cuda.syncthreads()
-    if ty == 0 and c < C:
-        part[c, j, 0] = s1[tx]
-        part[c, j, 1] = s2[tx]
+_KERNELS = {}
 
 
-@cuda.jit
-def _first_kernel(x, C, S, out):
-    """out[c] = the channel's first element (n = 0 or m = 0)."""
-    c = cuda.grid(1)
-    if c < C:
-        out[c] = x[c * S]
+def _kernel(kind, op, act):
+    """Kernel ``kind`` ("map", "cf" or "cl") for ``op`` (the map's op, the reductions'
+    mode) and activation code ``act``, made on first use and compiled on first launch."""
+    key = (kind, op, act)
+    k = _KERNELS.get(key)
+    if k is None:
+        k = _map_kernel(op, act) if kind == "map" else _reduce_kernels(op, act)[kind == "cl"]
+        _KERNELS[key] = k
+    return k
 
 
 # ---- host side ----------------------------------------------------------------------------
@@ -235,12 +355,68 @@ def copy(a, stream=None):
     return out
 
 
-def _to_host(d, stream):
-    """Device -> host, complete on return (synchronizes ``stream``)."""
-    h = d.copy_to_host(stream=_s(stream))
+def _to_host(d, stream, out=None):
+    """Device -> host (into ``out`` if given), complete on return (synchronizes ``stream``)."""
+    h = d.copy_to_host(out, stream=_s(stream)) if out is not None else d.copy_to_host(
+        stream=_s(stream))
     if stream is not None:
         stream.synchronize()
     return h
+
+
+# ---- reused buffers ---------------------------------------------------------------------
+#
+# Each call needs a few small buffers: the coefficient table on the device, the partial
+# sums on the device and in page-locked host memory. An allocation is a driver call
+# that costs as much as a small kernel launch (135 µs for cuMemAlloc on the H100 this
+# was measured on, against 44 µs for a small copy), so they are kept per host thread,
+# CUDA context and stream, and reused: work queued on one stream runs in order, so a
+# buffer is never rewritten while an earlier kernel of the same stream still reads it.
+# Host-to-device copies go from pageable memory (the call returns once the source is
+# staged, so the host buffer may change at once); device-to-host copies of the
+# partial sums land in page-locked memory and are waited for.
+
+_BUFFERS_PER_STREAM = 32   # buffers kept per stream (least recently used dropped)
+_STREAMS_PER_THREAD = 16   # streams kept per host thread (likewise)
+_local = threading.local()
+
+
+def _buffers(stream):
+    """This host thread's buffers for ``stream`` (None: the default stream) on the
+    current device (Numba uses the device's primary context); the key holds the stream
+    object, so its id is never reused while the entry lives."""
+    per_thread = getattr(_local, "buffers", None)
+    if per_thread is None:
+        per_thread = _local.buffers = collections.OrderedDict()
+    key = (getattr(cuda.current_context().device, "id", 0), stream)  # simulator: no id
+    cache = per_thread.pop(key, None)
+    if cache is None:
+        cache = collections.OrderedDict()
+        while len(per_thread) >= _STREAMS_PER_THREAD:
+            per_thread.popitem(last=False)
+    per_thread[key] = cache
+    return cache
+
+
+def _buffer(stream, name, shape, dtype, pinned=False):
+    """A device (or page-locked host) array of this shape and dtype, reused across calls."""
+    cache = _buffers(stream)
+    key = (name, shape, np.dtype(dtype).str, pinned)
+    buf = cache.pop(key, None)
+    if buf is None:
+        buf = (cuda.pinned_array(shape, dtype) if pinned
+               else cuda.device_array(shape, dtype=dtype, stream=_s(stream)))
+        while len(cache) >= _BUFFERS_PER_STREAM:
+            cache.popitem(last=False)
+    cache[key] = buf  # most recently used last
+    return buf
+
+
+def _upload(coef, stream, name="coef"):
+    """The coefficient table on the device, in a reused buffer."""
+    d = _buffer(stream, name, coef.shape, coef.dtype)
+    d.copy_to_device(np.ascontiguousarray(coef), stream=_s(stream))
+    return d
 
 
 def to_host(a):
@@ -273,25 +449,33 @@ def views(arrays, c_axis):
             for a in arrays]
 
 
-def _grid(n):
-    return max(1, min(MAX_BLOCKS, (n + THREADS - 1) // THREADS))
+def _elementwise_grid(n, C, S):
+    """Blocks, and the (ds, dc) step of the lanes' positions, for n elements."""
+    blocks = max(1, min(MAX_BLOCKS, -(-n // (THREADS * UNROLL))))
+    D = UNROLL * blocks * THREADS
+    return blocks, D % S, (D // S) % C
 
 
-def _reduce(mode, x, dz, C, S, shift, coef, act, a, ia, lo, from_x, stream):
-    rows = x.size // (C * S) if C and S else 0
-    if S > 1:  # channels first
-        chunks = max(1, min(64, (rows * S) // (THREADS * 8) or 1))
-        part = cuda.device_array((C, chunks, 2), dtype=np.float64, stream=_s(stream))
-        _reduce_cf[(chunks, C), THREADS, _s(stream)](mode, x, dz, rows, C, S, shift, coef, act, a, ia,
-                                          lo, from_x, part)
-    else:  # channels last: blocks of TILE channels x (THREADS // TILE) rows
-        tw = min(TILE, THREADS)
-        th = max(1, THREADS // tw)
-        chunks = max(1, min(64, rows // (th * 8) or 1))
-        part = cuda.device_array((C, chunks, 2), dtype=np.float64, stream=_s(stream))
-        _reduce_cl[((C + tw - 1) // tw, chunks), (tw, th), _s(stream)](mode, x, dz, rows, C, shift, coef,
-                                                          act, a, ia, lo, from_x, part)
-    return _to_host(part, stream).sum(axis=1)  # (C, 2), staged through host memory
+def _reduce(mode, x, dz, C, S, coef, act, a, ia, lo, from_x, stream):
+    """(2, C, J + 1) float64 partial sums on the host, (page-locked, reused: read before
+    the next call on this stream): J chunks, then the shifts in [0, :, J]; and J."""
+    st = _s(stream)
+    rows = x.size // (C * S)
+    if S > 1:  # channels first: blocks (chunk, channel)
+        J = max(1, min(-(-REDUCE_BLOCKS // C), (rows * S) // BLOCK_WORK))
+        part = _buffer(stream, "part", (2, C, J + 1), np.float64)
+        _kernel("cf", mode, act)[(J, C), THREADS, st](x, dz, rows, C, S, coef, a, ia, lo,
+                                                      from_x, part)
+    else:  # channels last: blocks of tw channels x th rows
+        tw = min(TILE, THREADS, 1 << max(0, (C - 1).bit_length()))
+        th = THREADS // tw
+        tiles = -(-C // tw)
+        J = max(1, min(-(-REDUCE_BLOCKS // tiles), (rows * tw) // BLOCK_WORK))
+        part = _buffer(stream, "part", (2, C, J + 1), np.float64)
+        _kernel("cl", mode, act)[(tiles, J), (tw, th), st](x, dz, rows, C, coef, a, ia, lo,
+                                                           from_x, part)
+    host = _to_host(part, stream, _buffer(stream, "part", part.shape, np.float64, pinned=True))
+    return host, J  # staged through host memory
 
 
 def statistics(vs, C, stream=None):
@@ -300,27 +484,29 @@ def statistics(vs, C, stream=None):
     count = x.size // C if C else 0
     if count == 0:
         return 0, np.zeros(C), np.zeros(C)
-    st = _s(stream)
-    first = cuda.device_array(C, dtype=x.dtype, stream=st)
-    _first_kernel[(C + THREADS - 1) // THREADS, THREADS, st](x, C, S, first)
-    shift = _to_host(first, stream).astype(np.float64)
-    shift[~np.isfinite(shift)] = 0.0
-    dummy = np.zeros((9, 1), np.float32)
-    sums = _reduce(0, x, x, C, S, cuda.to_device(shift, stream=st),
-                   cuda.to_device(dummy, stream=st), 0, np.float32(1), np.float32(1),
-                   np.float32(-1), False, stream)
-    out = np.ascontiguousarray(sums.T)  # (2, C): shifted sums -> (mean, M2), as on the CPU
-    cpu._finalize(shift, float(count), out)
+    cdtype = compute_dtype(x.dtype)  # a table of this dtype fixes the loads' compute dtype
+    no_coef = _buffers(stream).get(("no_coef", (9, 1), np.dtype(cdtype).str, False))
+    if no_coef is None:
+        no_coef = _upload(np.zeros((9, 1), cdtype), stream, "no_coef")
+    part, J = _reduce(0, x, x, C, S, no_coef, 0, np.float32(1), np.float32(1),
+                      np.float32(-1), False, stream)
+    out = part[:, :, :J].sum(axis=2)  # (2, C) shifted sums
+    cpu._finalize(part[0, :, J].copy(), float(count), out)  # -> (mean, M2), as on the CPU
     return count, out[0], out[1]
 
 
-def forward(vs, outs, coef, act, a, ia, lo, stream=None):
-    (x, C, S), = vs
+def _map(op, srcs, dzs, outs, coef, act, a, ia, lo, from_x, stream):
+    (s, C, S), = srcs
+    (d, _, _), = dzs
     (o, _, _), = outs
-    if x.size:
-        st = _s(stream)
-        _forward_kernel[_grid(x.size), THREADS, st](x, o, C, S,
-                                                     cuda.to_device(coef, stream=st), act, a)
+    if s.size:
+        blocks, ds, dc = _elementwise_grid(s.size, C, S)
+        _kernel("map", op, act)[blocks, THREADS, _s(stream)](
+            s, d, o, C, S, ds, dc, _upload(coef, stream), a, ia, lo, from_x)
+
+
+def forward(vs, outs, coef, act, a, ia, lo, stream=None):
+    _map(0, vs, vs, outs, coef, act, a, ia, lo, False, stream)
 
 
 def backward_reduce(srcs, dzs, coef, act, a, ia, lo, from_x, stream=None):
@@ -328,25 +514,13 @@ def backward_reduce(srcs, dzs, coef, act, a, ia, lo, from_x, stream=None):
     (d, _, _), = dzs
     if s.size == 0:
         return np.zeros((2, C))
-    st = _s(stream)
-    sums = _reduce(1, s, d, C, S, cuda.to_device(np.zeros(C), stream=st),
-                   cuda.to_device(coef, stream=st), act, a, ia, lo, from_x, stream)
-    return np.ascontiguousarray(sums.T)
-
-
-def _apply(srcs, dzs, dxs, coef, act, a, ia, lo, from_x, train, stream):
-    (s, C, S), = srcs
-    (d, _, _), = dzs
-    (o, _, _), = dxs
-    if s.size:
-        st = _s(stream)
-        _backward_apply_kernel[_grid(s.size), THREADS, st](
-            s, d, o, C, S, cuda.to_device(coef, stream=st), act, a, ia, lo, from_x, train)
+    part, J = _reduce(1, s, d, C, S, _upload(coef, stream), act, a, ia, lo, from_x, stream)
+    return part[:, :, :J].sum(axis=2)
 
 
 def backward_train(srcs, dzs, dxs, coef, act, a, ia, lo, from_x, stream=None):
-    _apply(srcs, dzs, dxs, coef, act, a, ia, lo, from_x, True, stream)
+    _map(1, srcs, dzs, dxs, coef, act, a, ia, lo, from_x, stream)
 
 
 def backward_eval(srcs, dzs, dxs, coef, act, a, ia, lo, from_x, stream=None):
-    _apply(srcs, dzs, dxs, coef, act, a, ia, lo, from_x, False, stream)
+    _map(2, srcs, dzs, dxs, coef, act, a, ia, lo, from_x, stream)

@@ -18,6 +18,7 @@ def small_blocks(monkeypatch):
         monkeypatch.setattr(ncuda, "THREADS", 4)
         monkeypatch.setattr(ncuda, "TILE", 2)
         monkeypatch.setattr(ncuda, "MAX_BLOCKS", 3)
+        monkeypatch.setattr(ncuda, "BLOCK_WORK", 4)
     yield
 
 

@@ -109,3 +109,24 @@ def test_stream_argument(rng):
     stream.synchronize()
     np.testing.assert_array_equal(ya.copy_to_host(), yb.copy_to_host())
     np.testing.assert_array_equal(da.copy_to_host(), db.copy_to_host())
+
+
+def test_buffers_reused_per_stream_and_bounded():
+    """Small work buffers are reused per (thread, stream) and the cache is bounded."""
+    from numbaabn import cuda as ncuda
+    s1, s2 = cuda.stream(), cuda.stream()
+    a = ncuda._buffer(s1, "t", (3, 2), np.float64)
+    assert ncuda._buffer(s1, "t", (3, 2), np.float64) is a
+    assert ncuda._buffer(s2, "t", (3, 2), np.float64) is not a   # another stream
+    assert ncuda._buffer(s1, "t", (3, 2), np.float32) is not a   # another dtype
+    for k in range(ncuda._BUFFERS_PER_STREAM):
+        ncuda._buffer(s1, "t", (k + 4,), np.float64)
+    assert ncuda._buffer(s1, "t", (3, 2), np.float64) is not a   # evicted
+    assert len(ncuda._buffers(s1)) <= ncuda._BUFFERS_PER_STREAM
+    # a reused coefficient buffer carries each call's values
+    x0 = np.random.default_rng(5).standard_normal((6, 3, 4)).astype(np.float32)
+    for shift in (0.0, 10.0):
+        xd = cuda.to_device(x0 + np.float32(shift))
+        numbaabn.inplace_abn_forward(xd, activation="identity")
+        z = ref.forward(x0 + shift, np.ones(3), np.zeros(3), activation="identity")[0]
+        assert_close(xd.copy_to_host(), z, np.float32)
