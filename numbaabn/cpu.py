@@ -420,13 +420,25 @@ def _statistics_cf(x, shift, part, scratch, nbn, nbc, nbs, ahead, out, zero):
     _fold(part, out)
 
 
+# The forward computes act((x - h) g + e): the centred form, whose rounding does not grow
+# with the offset h. The fused inference layer may instead run the "plain" twins of the
+# forward kernels (bound with _CENTRED = False, a compile-time constant), act(x g + e)
+# with e = shift, one per-channel constant fewer to load per element (see
+# inference.FusedABN for when that is accurate enough).
+_CENTRED = True
+
+
+def _centred(v, h):
+    return v - h if _CENTRED else v
+
+
 def _forward_chunk(xr, orow, inplace, h, g, e, a):
     if inplace:  # one array reference: no runtime alias check, vectorizes
         for i in range(len(xr)):
-            xr[i] = store(act_forward((load(xr[i]) - h) * g + e, a), xr)
+            xr[i] = store(act_forward(_centred(load(xr[i]), h) * g + e, a), xr)
     else:
         for i in range(len(xr)):
-            orow[i] = store(act_forward((load(xr[i]) - h) * g + e, a), orow)
+            orow[i] = store(act_forward(_centred(load(xr[i]), h) * g + e, a), orow)
 
 
 def _forward_cf(x, out, inplace, coef, a, ia, lo, nbn, nbc, nbs, ahead):
@@ -651,11 +663,12 @@ def _forward_cl(x, out, inplace, coef, a, ia, lo, nbm, nbc, _nb, ahead):
             _ahead(xr, ahead)
             if inplace:
                 for c in range(w):
-                    xr[c] = store(act_forward((load(xr[c]) - h[c]) * g[c] + e[c], a), x)
+                    xr[c] = store(act_forward(_centred(load(xr[c]), h[c]) * g[c] + e[c], a), x)
             else:
                 orow = out[m, c0:c1]
                 for c in range(w):
-                    orow[c] = store(act_forward((load(xr[c]) - h[c]) * g[c] + e[c], a), out)
+                    orow[c] = store(act_forward(_centred(load(xr[c]), h[c]) * g[c] + e[c], a),
+                                    out)
 
 
 def _backward_reduce_cl(src, dz, coef, a, ia, lo, from_x, part, scratch, nbm, nbc, _nb, ahead,
@@ -723,24 +736,37 @@ def _clone(fn, suffix, overrides):
     return f
 
 
-def _family(name):
-    """Globals that bind the kernels to one activation family of ``_scalar``."""
+def _family(name, centred=True):
+    """Globals that bind the kernels to one activation family of ``_scalar`` (and, with
+    ``centred=False``, the forward to its plain form)."""
+    tag = name if centred else name + "_plain"
     ov = {f"act_{op}": _inline(getattr(_scalar, f"{name}_{op}"))
           for op in ("forward", "inverse", "grad_from_output", "grad_from_input")}
+    ov["_CENTRED"] = centred
+    ov["_centred"] = _inline(_clone(_centred, "_" + tag, ov))
     for helper in (_forward_chunk, _grad_and_centred, _grad_sums, _grad, _apply_row):
-        ov[helper.__name__] = _inline(_clone(helper, "_" + name, ov))
+        ov[helper.__name__] = _inline(_clone(helper, "_" + tag, ov))
     return ov
 
 
 _FAMILIES = {name: _family(name) for name in ("leaky", "elu", "relu")}
+_PLAIN = {name: _family(name, centred=False) for name in _FAMILIES}
+
+
+def _twins(fn, suffix, ov):
+    """The serial and the parallel kernel of ``fn`` bound to the globals ``ov``."""
+    return tuple(njit(**_config.jit_options(par))(_clone(fn, f"{suffix}_{tag}", ov))
+                 for par, tag in ((False, "serial"), (True, "parallel")))
+
+
 _KERNELS = {}
 for _fn in (_statistics_cf, _statistics_cl, _forward_cf, _forward_cl, _backward_reduce_cf,
             _backward_reduce_cl, _backward_apply_cf, _backward_apply_cl):
     for _fam in (("any",) if _fn.__name__.startswith("_statistics") else _FAMILIES):
-        _ov = _FAMILIES.get(_fam, {})
-        _KERNELS[_fn.__name__[1:], _fam] = tuple(
-            njit(**_config.jit_options(par))(_clone(_fn, f"_{_fam}_{tag}", _ov))
-            for par, tag in ((False, "serial"), (True, "parallel")))
+        _KERNELS[_fn.__name__[1:], _fam] = _twins(_fn, f"_{_fam}", _FAMILIES.get(_fam, {}))
+for _fn in (_forward_cf, _forward_cl):  # "plain_forward_cf", "plain_forward_cl"
+    for _fam in _PLAIN:
+        _KERNELS["plain" + _fn.__name__, _fam] = _twins(_fn, f"_{_fam}_plain", _PLAIN[_fam])
 
 
 # ---- threads: which twin runs, and how concurrent callers stay safe ---------------
@@ -1108,14 +1134,15 @@ def forward_train_small(views, w, b, eps, abs_mode, coef, update, momentum, rm, 
                                              momentum, rm, rv, a, ia, lo, coef.dtype.type(0))
 
 
-def forward(views, outs, coef, act, a, ia, lo, stream=None):
-    """``out = act((x - h) * g + e)``; ``outs`` may be ``views`` (in place)."""
+def forward(views, outs, coef, act, a, ia, lo, stream=None, centred=True):
+    """``out = act((x - h) * g + e)``; ``outs`` may be ``views`` (in place). With
+    ``centred=False``: ``out = act(x * g + e)`` (h unused; see inference.FusedABN)."""
     target, par = _plan(_size(views))
     fam = _scalar.FAMILY[act]
+    name = "forward_" if centred else "plain_forward_"
     tiles = {}
     for (v, o), kind, nb, r in _walk(zip(views, outs), target):
-        _run(("forward_" + kind, fam), par, v, o, o is v, _tiled(coef, r, tiles), a, ia, lo,
-             *nb)
+        _run((name + kind, fam), par, v, o, o is v, _tiled(coef, r, tiles), a, ia, lo, *nb)
 
 
 def backward_reduce(srcs, dzs, coef, act, a, ia, lo, from_x, stream=None):

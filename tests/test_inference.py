@@ -20,30 +20,64 @@ def trained(cls, C, dtype, act, fmt, rng, weight_mode="abs"):
     return layer.eval()
 
 
+@pytest.mark.parametrize("offset", ["moderate", "large"])
 @pytest.mark.parametrize("fmt", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
 @pytest.mark.parametrize("cls,act", [(numbaabn.InPlaceABN, "leaky_relu"),
                                      (numbaabn.InPlaceABN, "elu"), (numbaabn.ABN, "relu")])
-def test_fused_equals_unfused_eval_bit_for_bit(cls, act, dtype, fmt, rng):
+def test_fused_matches_unfused_eval(cls, act, dtype, fmt, offset, rng):
+    """Moderate offsets: the two-constant form act(x * scale + shift), within a few ulps
+    of the output's scale; large offsets: the centred form, bit for bit the unfused
+    eval path. Both against the float64 reference."""
     C = 6
     layer = trained(cls, C, dtype, act, fmt, rng)
+    if offset == "moderate":
+        layer.running_mean[:] = rng.standard_normal(C)
+    else:
+        layer.running_mean[:] = 1e3 + rng.standard_normal(C)  # 1e3 / std >> 8
     fused = layer.fuse()
+    assert fused.two_constant == (offset == "moderate")
     for N in (1, 5):  # eval needs no batch statistics: N = 1 works
         shape = (N, C, 4, 3) if fmt == "NCHW" else (N, 4, 3, C)
-        x0 = (rng.standard_normal(shape) * 2).astype(dtype)
+        x0 = (rng.standard_normal(shape) * 2 + layer.running_mean.astype(np.float64).reshape(
+            (C, 1, 1) if fmt == "NCHW" else (C,))).astype(dtype)
         unfused = layer(x0.copy())
         x = x0.copy()
         assert fused(x) is x
-        np.testing.assert_array_equal(x, unfused)
         z = ref.forward(x0, layer.weight, layer.bias, layer.running_mean, layer.running_var,
                         training=False, activation=act, channels_last=fmt == "NHWC")[0]
-        tol = {np.float64: 1e-12, np.float32: 2e-6, np.float16: 2e-3}[dtype]
+        if fused.two_constant:  # extra rounding about ulp(mean * scale) <= 16 ulps of scale
+            tol = {np.float64: 1e-14, np.float32: 4e-6, np.float16: 2e-3}[dtype]
+        else:
+            np.testing.assert_array_equal(x, unfused)
+            tol = {np.float64: 1e-12, np.float32: 2e-6, np.float16: 2e-3}[dtype]
         assert np.abs(x.astype(np.float64) - z).max() <= tol * np.abs(z).max()
     np.testing.assert_allclose(fused.scale, (np.abs(layer.weight.astype(np.float64)) + 1e-5)
                                / np.sqrt(layer.running_var.astype(np.float64) + 1e-5),
                                rtol=1e-12)
 
 
+def test_fused_two_constant_error_bound(rng):
+    """At the limit |mean * scale| = 8 (|s| + |b|), float32, many values: the two-constant
+    form stays within 20 ulps of |s| + |b| of the float64 result."""
+    C = 64
+    layer = numbaabn.InPlaceABN(C, activation="identity", dtype="float32")
+    layer.weight[:] = rng.uniform(0.5, 2, C)
+    layer.bias[:] = rng.standard_normal(C)
+    layer.running_var[:] = rng.uniform(0.5, 2, C)
+    s = np.abs(layer.weight.astype(np.float64)) + 1e-5
+    g = s / np.sqrt(layer.running_var.astype(np.float64) + 1e-5)
+    layer.running_mean[:] = 8 * (s + np.abs(layer.bias)) / g * 0.999
+    layer.eval()
+    fused = layer.fuse()
+    assert fused.two_constant
+    x0 = (rng.standard_normal((512, C)) * np.sqrt(layer.running_var)
+          + layer.running_mean).astype(np.float32)
+    x = x0.copy()
+    fused(x)
+    z = (x0.astype(np.float64) - layer.running_mean) * g + layer.bias
+    err = np.abs(x - z) / (s + np.abs(layer.bias))
+    assert err.max() <= 20 * 2.0 ** -24, err.max() / 2.0 ** -24
 def test_fused_rejects_bad_input_without_writing(rng):
     fused = trained(numbaabn.InPlaceABN, 4, np.float32, "leaky_relu", "NCHW", rng).fuse()
     x = rng.standard_normal((2, 5, 3)).astype(np.float32)
