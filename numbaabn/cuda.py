@@ -315,11 +315,12 @@ def _kernel(kind, op, act):
     """Kernel ``kind`` ("map", "cf" or "cl") for ``op`` (the map's op, the reductions'
     mode) and activation code ``act``, made on first use and compiled on first launch."""
     key = (kind, op, act)
-    k = _KERNELS.get(key)
-    if k is None:
-        k = _map_kernel(op, act) if kind == "map" else _reduce_kernels(op, act)[kind == "cl"]
-        _KERNELS[key] = k
-    return k
+    if key not in _KERNELS:
+        if kind == "map":
+            _KERNELS[key] = _map_kernel(op, act)
+        else:  # both layouts' reductions come from one factory call
+            _KERNELS["cf", op, act], _KERNELS["cl", op, act] = _reduce_kernels(op, act)
+    return _KERNELS[key]
 
 
 # ---- host side ----------------------------------------------------------------------------
@@ -412,9 +413,9 @@ def _buffer(stream, name, shape, dtype, pinned=False):
     return buf
 
 
-def _upload(coef, stream, name="coef"):
+def _upload(coef, stream):
     """The coefficient table on the device, in a reused buffer."""
-    d = _buffer(stream, name, coef.shape, coef.dtype)
+    d = _buffer(stream, "coef", coef.shape, coef.dtype)
     d.copy_to_device(np.ascontiguousarray(coef), stream=_s(stream))
     return d
 
@@ -484,10 +485,8 @@ def statistics(vs, C, stream=None):
     count = x.size // C if C else 0
     if count == 0:
         return 0, np.zeros(C), np.zeros(C)
-    cdtype = compute_dtype(x.dtype)  # a table of this dtype fixes the loads' compute dtype
-    no_coef = _buffers(stream).get(("no_coef", (9, 1), np.dtype(cdtype).str, False))
-    if no_coef is None:
-        no_coef = _upload(np.zeros((9, 1), cdtype), stream, "no_coef")
+    # the statistics never read the table: only its dtype, the loads' compute dtype, counts
+    no_coef = _buffer(stream, "no_coef", (9, 1), compute_dtype(x.dtype))
     part, J = _reduce(0, x, x, C, S, no_coef, 0, np.float32(1), np.float32(1),
                       np.float32(-1), False, stream)
     out = part[:, :, :J].sum(axis=2)  # (2, C) shifted sums
