@@ -40,18 +40,20 @@ class FusedABN:
     ``scale = s / sqrt(running_var + eps)`` and ``shift = b - running_mean * scale``;
     calling applies ``act(x * scale + shift)`` over ``x`` in place and returns ``x``.
 
-    Two forms, chosen once from the statistics (``two_constant`` says which):
+    The coefficients are the unfused eval path's (``cpu.fill_coefficients``), so the
+    layer's output is the unfused layer's bit for bit. Two forms, per channel:
 
-    * ``act(x * scale + shift)``, two per-channel constants per element, where every
+    * ``act(x * scale + shift)``, two per-channel constants per element, where the
       channel's offset is moderate, ``|running_mean * scale| <= 8 (|s| + |b|)``: its
       extra rounding, about ``ulp(running_mean * scale)``, is then at most ~16 ulps of
       the output's scale ``|s| + |b|`` (measured at the limit in float32: 13.7 ulps).
-    * otherwise ``act((x - running_mean) * scale' + b)`` with the running mean
+    * otherwise ``act((x - running_mean) * scale + bias)`` with the running mean
       subtracted first, in the data's precision (three constants): accurate for any
-      offset, and the same as the unfused eval path bit for bit.
-    """
+      offset.
 
-    OFFSET_LIMIT = 8.0  # |running_mean * scale| <= OFFSET_LIMIT (|s| + |b|): two constants
+    ``two_constant`` says whether every channel takes the first form; then the kernels
+    load two constants per element instead of three (channels last: ~10% faster).
+    """
 
     def __init__(self, scale_s, bias, mean, var, eps, activation="leaky_relu",
                  activation_param=None, data_format="NCHW"):
@@ -65,20 +67,16 @@ class FusedABN:
         s, b, m, v, e = self._params
         self.scale = s / np.sqrt(v + e)
         self.shift = b - m * self.scale
-        self.two_constant = bool(np.all(np.abs(m * self.scale)
-                                        <= self.OFFSET_LIMIT * (np.abs(s) + np.abs(b))))
         self._coef = {}
+        self.two_constant = not self._coefficients(np.dtype(np.float64))[0].any()
 
     def _coefficients(self, cdtype):
         if cdtype not in self._coef:
             coef = np.zeros((9, self.num_features), cdtype)
-            if self.two_constant:  # rows 2 and 3: the plain forward's g and e
-                coef[2], coef[3] = self.scale, self.shift
-            else:
-                s, b, m, v, e = self._params
-                cpu.fill_coefficients(m, v, s, b, e, False, True, False, coef, False, 0.0,
-                                      api._NO_RUNNING[np.dtype(np.float32)],
-                                      api._NO_RUNNING[np.dtype(np.float32)])
+            s, b, m, v, e = self._params
+            cpu.fill_coefficients(m, v, s, b, e, False, True, False, coef, False, 0.0,
+                                  api._NO_RUNNING[np.dtype(np.float32)],
+                                  api._NO_RUNNING[np.dtype(np.float32)])
             self._coef[cdtype] = coef
         return self._coef[cdtype]
 
@@ -93,8 +91,7 @@ class FusedABN:
         cdtype = cpu.compute_dtype(x.dtype)
         views = api._views([x], c_axis, cpu)[0]
         a, ia, lo = api._act_constants(self.alpha, cdtype)
-        cpu.forward(views, views, self._coefficients(cdtype), self.act, a, ia, lo,
-                    centred=not self.two_constant)
+        cpu.forward(views, views, self._coefficients(cdtype), self.act, a, ia, lo)
         return x
 
     def __repr__(self):

@@ -27,8 +27,8 @@ def trained(cls, C, dtype, act, fmt, rng, weight_mode="abs"):
                                      (numbaabn.InPlaceABN, "elu"), (numbaabn.ABN, "relu")])
 def test_fused_matches_unfused_eval(cls, act, dtype, fmt, offset, rng):
     """Moderate offsets: the two-constant form act(x * scale + shift), within a few ulps
-    of the output's scale; large offsets: the centred form, bit for bit the unfused
-    eval path. Both against the float64 reference."""
+    of the output's scale; large offsets: the centred form. Both bit for bit the unfused
+    eval path (the same coefficients) and against the float64 reference."""
     C = 6
     layer = trained(cls, C, dtype, act, fmt, rng)
     if offset == "moderate":
@@ -46,10 +46,10 @@ def test_fused_matches_unfused_eval(cls, act, dtype, fmt, offset, rng):
         assert fused(x) is x
         z = ref.forward(x0, layer.weight, layer.bias, layer.running_mean, layer.running_var,
                         training=False, activation=act, channels_last=fmt == "NHWC")[0]
+        np.testing.assert_array_equal(x, unfused)
         if fused.two_constant:  # extra rounding about ulp(mean * scale) <= 16 ulps of scale
             tol = {np.float64: 1e-14, np.float32: 4e-6, np.float16: 2e-3}[dtype]
         else:
-            np.testing.assert_array_equal(x, unfused)
             tol = {np.float64: 1e-12, np.float32: 2e-6, np.float16: 2e-3}[dtype]
         assert np.abs(x.astype(np.float64) - z).max() <= tol * np.abs(z).max()
     np.testing.assert_allclose(fused.scale, (np.abs(layer.weight.astype(np.float64)) + 1e-5)

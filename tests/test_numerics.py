@@ -64,6 +64,55 @@ def test_statistics_hard_data_float32(shape, fmt, case, rng):
     assert np.all(np.abs(mean - ref_mean) <= 1e-6 * np.sqrt(ref_m2 / count))
 
 
+@pytest.mark.parametrize("fmt", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("large", [False, True])
+def test_forward_two_constants_per_channel(fmt, training, large, rng):
+    """A channel whose offset is moderate, |mean g| <= 8 (|s| + |b|), is computed as
+    y = x g + (b - mean g) (h = 0 in the coefficients; where every channel is, the plain
+    kernels run); a larger offset keeps the centred form. float32, identity, against the
+    float64 reference: the moderate channels (two of them just inside the limit) within
+    20 ulps of |s| + |b|; the large-offset channel (1e4 + N(0, 1), mixed in with
+    ``large``) within 2 ulps of its output's scale, as before the two-constant form."""
+    C, M = 5, 4096
+    s = np.array([1.0, 1.0, 0.5, 2.0, 1.0])
+    b = np.array([0.0, 0.0, 2.0, -1.0, 0.3])
+    std = np.array([1.0, 0.01, 3.0, 0.5, 1.0])
+    g = s / std
+    mu = np.array([0.3, 0.0, 0.0, 0.0, 0.0])
+    mu[1] = -7.9 * (s[1] + abs(b[1])) / g[1]  # near the limit, both signs
+    mu[2] = 7.9 * (s[2] + abs(b[2])) / g[2]
+    mu[3] = 3.0 * std[3]
+    mu[4] = 1e4 if large else -2.0
+    x0 = (rng.standard_normal((M, C)) * std + mu).astype(np.float32)
+    if fmt == "NCHW":
+        x0 = np.ascontiguousarray(x0.reshape(16, 256, C).transpose(0, 2, 1))
+    rm, rv = mu.astype(np.float32), (std ** 2).astype(np.float32)
+    z, _, _, _ = ref.forward(x0, s.astype(np.float32), b.astype(np.float32), rm, rv,
+                             training=training, activation="identity", momentum=0.0,
+                             channels_last=fmt == "NHWC", weight_mode="signed")
+    x = x0.copy()
+    _, saved = numbaabn.inplace_abn_forward(
+        x, s.astype(np.float32), b.astype(np.float32), rm.copy(), rv.copy(),
+        training=training, activation="identity", data_format=fmt, weight_mode="signed",
+        momentum=0.0)
+    assert np.array_equal(saved.coef[0] == 0, [True] * 4 + [not large])
+    err = np.abs(np.moveaxis(x.astype(np.float64) - z, 1 if fmt == "NCHW" else -1, -1)
+                 ).reshape(-1, C).max(axis=0)
+    scale = np.moveaxis(np.abs(z), 1 if fmt == "NCHW" else -1, -1).reshape(-1, C).max(axis=0)
+    ulp = 2.0 ** -24
+    assert np.all(err[:4] <= 20 * ulp * (s[:4] + np.abs(b[:4]))), err / ulp
+    assert err[4] <= (2 * ulp * scale[4] if large else 20 * ulp * (s[4] + abs(b[4]))), err / ulp
+    if not large:  # the plain kernels ran: the same bits as the centred ones with h = 0
+        y = x0.copy()
+        views = [y.reshape(16, C, 256)] if fmt == "NCHW" else [y.reshape(-1, C)]
+        kind = "cf" if fmt == "NCHW" else "cl"
+        cpu._run(("forward_" + kind, cpu._scalar.FAMILY[saved.act]), False, views[0],
+                 views[0], True, saved.coef, saved.alpha, saved.ialpha, saved.lo, 1, 1, 1,
+                 None)
+        np.testing.assert_array_equal(y, x)
+
+
 def _strided_cases(rng):
     base = rng.standard_normal((6, 8, 10, 12))
     yield "transposed spatial", base.transpose(0, 1, 3, 2), "NCHW"
