@@ -97,19 +97,20 @@ def test_forward_two_constants_per_channel(fmt, training, large, rng):
         training=training, activation="identity", data_format=fmt, weight_mode="signed",
         momentum=0.0)
     assert np.array_equal(saved.coef[0] == 0, [True] * 4 + [not large])
-    err = np.abs(np.moveaxis(x.astype(np.float64) - z, 1 if fmt == "NCHW" else -1, -1)
-                 ).reshape(-1, C).max(axis=0)
-    scale = np.moveaxis(np.abs(z), 1 if fmt == "NCHW" else -1, -1).reshape(-1, C).max(axis=0)
+    def channel_max(a):
+        return np.moveaxis(a, 1 if fmt == "NCHW" else -1, -1).reshape(-1, C).max(axis=0)
+
+    err = channel_max(np.abs(x.astype(np.float64) - z))
+    scale = channel_max(np.abs(z))
     ulp = 2.0 ** -24
     assert np.all(err[:4] <= 20 * ulp * (s[:4] + np.abs(b[:4]))), err / ulp
     assert err[4] <= (2 * ulp * scale[4] if large else 20 * ulp * (s[4] + abs(b[4]))), err / ulp
     if not large:  # the plain kernels ran: the same bits as the centred ones with h = 0
         y = x0.copy()
-        views = [y.reshape(16, C, 256)] if fmt == "NCHW" else [y.reshape(-1, C)]
+        v = y.reshape(16, C, 256) if fmt == "NCHW" else y.reshape(-1, C)
         kind = "cf" if fmt == "NCHW" else "cl"
-        cpu._run(("forward_" + kind, cpu._scalar.FAMILY[saved.act]), False, views[0],
-                 views[0], True, saved.coef, saved.alpha, saved.ialpha, saved.lo, 1, 1, 1,
-                 None)
+        cpu._run(("forward_" + kind, cpu._scalar.FAMILY[saved.act]), False, v, v, True,
+                 saved.coef, saved.alpha, saved.ialpha, saved.lo, 1, 1, 1, None)
         np.testing.assert_array_equal(y, x)
 
 
