@@ -344,7 +344,7 @@ def _forward(x, weight, bias, running_mean, running_var, *, training, momentum, 
     w = None if weight is None else np.asarray(_host(weight), dtype=np.float64)
     b = np.zeros(C) if bias is None else np.asarray(_host(bias), dtype=np.float64)
     w_arg = np.ones(C) if w is None else w
-    coef = np.zeros((9, C), dtype=cdtype)  # rows: see cpu.py
+    coef = np.zeros((10, C), dtype=cdtype)  # rows: see cpu.py
     abs_mode = weight_mode == "abs" and w is not None
     rm_arg = _host(running_mean) if update else _NO_RUNNING[pdtype]
     rv_arg = _host(running_var) if update else _NO_RUNNING[pdtype]
@@ -491,7 +491,7 @@ def _backward(dz, saved, in_place, stream=None):
     C = coef.shape[1]
     dw = np.empty(C if w is not None else 0, pdtype)
     db = np.empty(C if saved.has_bias else 0, pdtype)
-    cpu.gradient_coefficients(coef, sums, float(saved.count), train, local,
+    cpu.gradient_coefficients(coef, sums, float(saved.count), train, saved.from_x, local,
                               _NO_WEIGHT if w is None else w, saved.weight_mode == "abs",
                               dw, db)
     if train:

@@ -6,7 +6,7 @@ same names):
 ``statistics``       per-channel ``(count, mean, M2)`` of the input        (reads x)
 ``forward``          ``out = act((x - h) * g + e)`` per channel             (reads x, writes out)
 ``backward_reduce``  per-channel ``S1 = Σ g`` and ``S2 = Σ g x̂``            (reads src, dz)
-``backward_train``   ``dx = P g + Q x̂ + R``                                (reads src, dz, writes dx)
+``backward_train``   ``dx = P g + Q x̂ + R`` (as ``P g + Q' (v - m) + R'``)   (reads src, dz, writes dx)
 ``backward_eval``    ``dx = P g``                                          (reads src, dz, writes dx)
 
 Every primitive takes ``stream=None`` (CUDA streams; ignored on the CPU).
@@ -15,7 +15,7 @@ The synchronization hooks of ``mpi_sync.py`` slot in between ``statistics`` and
 
 Every primitive takes a list of canonical views, all of one layout: ``(N, C, S)``
 arrays (channels first) or ``(M, C)`` arrays (channels last); usually the list has
-one view. Per-channel coefficients come in one ``(9, C)`` array of the compute dtype
+one view. Per-channel coefficients come in one ``(10, C)`` array of the compute dtype
 (float32 for float16/float32 data, float64 for float64), rows:
 
     0 h         the mean rounded to the compute dtype; ``x - h`` is exact for x
@@ -24,7 +24,8 @@ one view. Per-channel coefficients come in one ``(9, C)`` array of the compute d
     1 b         the bias (shift of y)
     2 g         s * inv_std (the forward's scale)
     3 e         b - l * g, where l = mean - h: the forward is y = (x - h) * g + e
-    4 P, 5 Q, 6 R   backward coefficients
+    4 P, 5 Q', 6 R', 9 m   the apply's ``dx = P g + Q' (v - m) + R'``, v = y (in
+                place) or x (standard): see ``gradient_coefficients``
     7 k         x̂ = (y - b) * k with k = 1/s (in place), or
     8 f         x̂ = (x - h) * k + f with k = inv_std, f = -l * k (standard path)
 
@@ -425,7 +426,8 @@ def _statistics_cf(x, shift, part, scratch, nbn, nbc, nbs, ahead, out, zero):
 # coefficients chose two constants for each, see fill_coefficients) it runs the
 # "plain" twins of the forward kernels instead (bound with _CENTRED = False, a
 # compile-time constant): act(x g + e), the same values bit for bit (x - 0 == x), one
-# per-channel constant fewer to load per element.
+# per-channel constant fewer to load per element. The backward's apply likewise,
+# P g + Q' (v - m) + R' where every m is 0 (see gradient_coefficients).
 _CENTRED = True
 
 
@@ -529,13 +531,22 @@ def _apply_row(sr, dr, xr, dx, cc, a, ia, lo, from_x, train):
     In place, the caller passes ``dr`` as ``xr``: loads and stores then go through one
     reference and LLVM vectorizes without a runtime alias check (which would fail and
     take the scalar loop: 2x slower)."""
-    h, b, g, e, k, f, p, q, r = cc
-    if train:
+    h, g, e, p, q, r, m = cc
+    # dx = P g + Q' (v - m) + R' with v = x (standard) or y (in place); one loop per
+    # case: with from_x tested per element LLVM kept both paths (1.9 stream passes
+    # instead of 1.1, channels first)
+    if train and from_x:
         for i in range(len(xr)):
-            gr, xh = _grad_and_centred(load(sr[i]), load(dr[i]), _at(h, i), _at(b, i),
-                                       _at(g, i), _at(e, i), _at(k, i), _at(f, i), a, ia, lo,
-                                       from_x)
-            xr[i] = store(_at(p, i) * gr + _at(q, i) * xh + _at(r, i), dx)
+            sv = load(sr[i])
+            xr[i] = store(_at(p, i) * act_grad_from_input((sv - _at(h, i)) * _at(g, i)
+                                                          + _at(e, i), load(dr[i]), a)
+                          + _at(q, i) * _centred(sv, _at(m, i)) + _at(r, i), dx)
+    elif train:
+        for i in range(len(xr)):
+            sv = load(sr[i])
+            xr[i] = store(_at(p, i) * act_grad_from_output(sv, load(dr[i]), a)
+                          + _at(q, i) * _centred(act_inverse(sv, ia, lo), _at(m, i))
+                          + _at(r, i), dx)
     else:
         for i in range(len(xr)):
             xr[i] = store(_at(p, i) * _grad(load(sr[i]), load(dr[i]), _at(h, i), _at(g, i),
@@ -549,8 +560,8 @@ def _backward_apply_cf(src, dz, dx, inplace, coef, a, ia, lo, from_x, train, nbn
         j, n0, n1, c0, c1, s0, s1 = _item_cf(t, N, C, S, nbn, nbc, nbs)
         for n in range(n0, n1):
             for c in range(c0, c1):
-                cc = (coef[0, c], coef[1, c], coef[2, c], coef[3, c], coef[7, c], coef[8, c],
-                      coef[4, c], coef[5, c], coef[6, c])
+                cc = (coef[0, c], coef[2, c], coef[3, c], coef[4, c], coef[5, c], coef[6, c],
+                      coef[9, c])
                 if S <= _BLOCK:  # whole short rows (see the channels-first note)
                     sr = src[n, c]
                     dr = dz[n, c]
@@ -710,8 +721,8 @@ def _backward_apply_cl(src, dz, dx, inplace, coef, a, ia, lo, from_x, train, nbm
     M, C = src.shape
     for t in prange(nbm * nbc):
         jm, m0, m1, c0, c1 = _item_cl(t, M, C, nbm, nbc)
-        cc = (coef[0, c0:c1], coef[1, c0:c1], coef[2, c0:c1], coef[3, c0:c1], coef[7, c0:c1],
-              coef[8, c0:c1], coef[4, c0:c1], coef[5, c0:c1], coef[6, c0:c1])
+        cc = (coef[0, c0:c1], coef[2, c0:c1], coef[3, c0:c1], coef[4, c0:c1], coef[5, c0:c1],
+              coef[6, c0:c1], coef[9, c0:c1])
         for m in range(m0, m1):
             sr = src[m, c0:c1]
             dr = dz[m, c0:c1]
@@ -765,7 +776,7 @@ for _fn in (_statistics_cf, _statistics_cl, _forward_cf, _forward_cl, _backward_
             _backward_reduce_cl, _backward_apply_cf, _backward_apply_cl):
     for _fam in (("any",) if _fn.__name__.startswith("_statistics") else _FAMILIES):
         _KERNELS[_fn.__name__[1:], _fam] = _twins(_fn, f"_{_fam}", _FAMILIES.get(_fam, {}))
-for _fn in (_forward_cf, _forward_cl):  # "plain_forward_cf", "plain_forward_cl"
+for _fn in (_forward_cf, _forward_cl, _backward_apply_cf, _backward_apply_cl):  # "plain_..."
     for _fam in _PLAIN:
         _KERNELS["plain" + _fn.__name__, _fam] = _twins(_fn, f"_{_fam}_plain", _PLAIN[_fam])
 
@@ -989,7 +1000,7 @@ def _partials(shape, nb):
 
 # ---- per-channel coefficients, and the small training forward in one call ---------
 
-OFFSET_LIMIT = 8.0  # eval: |mean * g| <= OFFSET_LIMIT (|s| + |b|): two constants (h = 0)
+OFFSET_LIMIT = 8.0  # eval forward: h = 0 where |mean g| <= 8 (|s| + |b|); in-place apply: m = 0 where |b| <= 8 |s|
 
 @njit(**_config.jit_options(False))
 def fill_coefficients(mean, var, w, b, eps, abs_mode, in_place, batch_stats, coef,
@@ -1038,21 +1049,42 @@ def fill_coefficients(mean, var, w, b, eps, abs_mode, in_place, batch_stats, coe
 
 
 @njit(cache=_config.CACHE)  # no fast-math: rounds as NumPy's expressions did
-def gradient_coefficients(coef, sums, count, train, local, w, abs_mode, dweight, dbias):
-    """Rows 4-6 of ``coef`` (P, Q, R of ``dx = P g + Q x̂ + R``) from the gradient sums
-    ``sums`` (float64 (2, C): Σg, Σg·x̂ over all workers); ``train`` False: P only (the
-    statistics were constants). Then the parameter gradients from this worker's sums
-    ``local`` into ``dweight`` (Σg·x̂, times sign(w) with abs_mode) and ``dbias`` (Σg),
-    each of length C or 0 (not wanted). One compiled call in place of eight NumPy
-    expressions and their temporaries: (256, 4096) float32 backward-train, 61
-    alternating calls, 2.43-2.52 -> 2.20-2.28x the floor (same results bit for bit)."""
+def gradient_coefficients(coef, sums, count, train, from_x, local, w, abs_mode, dweight,
+                          dbias):
+    """The apply's rows of ``coef`` from the gradient sums ``sums`` (float64 (2, C): Σg,
+    Σg·x̂ over all workers): row 4 P, and with ``train`` (else the statistics were
+    constants and ``dx = P g``) rows 5, 6, 9 of ``dx = P g + Q' (v - m) + R'``, the form
+    ``dx = P g + Q x̂ + R`` takes with ``x̂ = (v - m) k + f`` written out: v = y, m = b,
+    f = 0 in place; v = x, m = h, f = row 8 on the standard path; Q' = Q k, R' = R + Q f.
+    In place, a channel whose bias is moderate, ``|b| <= OFFSET_LIMIT |s|``, takes m = 0
+    and R' = R - Q k b: one constant fewer per element, and where every m is 0 the plain
+    kernels run (``backward_train``). Its extra rounding, ``ulp(Q k b)``, is within
+    ~2 OFFSET_LIMIT ulps of ``|P| rms(g)`` (|Q| <= |P| rms(g) rms(x̂)), the same order as
+    the in-place recovery's own ``ulp(|y|)/s`` (README, Numerics).
+    Then the parameter gradients from this worker's sums ``local`` into ``dweight``
+    (Σg·x̂, times sign(w) with abs_mode) and ``dbias`` (Σg), each of length C or 0 (not
+    wanted). One compiled call in place of eight NumPy expressions and their
+    temporaries: (256, 4096) float32 backward-train, 61 alternating calls, 2.43-2.52 ->
+    2.20-2.28x the floor."""
     C = coef.shape[1]
     for c in range(C):
         A = np.float64(coef[2, c])
         coef[4, c] = A
         if train:
-            coef[5, c] = -A * sums[1, c] / count
-            coef[6, c] = -A * sums[0, c] / count
+            Q = -A * sums[1, c] / count
+            R = -A * sums[0, c] / count
+            k = np.float64(coef[7, c])
+            if from_x:
+                m = np.float64(coef[0, c])
+                R += Q * np.float64(coef[8, c])
+            else:
+                m = np.float64(coef[1, c])
+                if abs(m * k) <= OFFSET_LIMIT:
+                    R -= Q * k * m
+                    m = 0.0
+            coef[5, c] = Q * k
+            coef[6, c] = R
+            coef[9, c] = m
     for c in range(len(dweight)):
         dweight[c] = local[1, c] * (1.0 if w[c] >= 0 else -1.0) if abs_mode else local[1, c]
     for c in range(len(dbias)):
@@ -1182,9 +1214,10 @@ def backward_reduce(srcs, dzs, coef, act, a, ia, lo, from_x, stream=None):
 def _backward_apply(srcs, dzs, dxs, coef, act, a, ia, lo, from_x, train):
     target, par = _plan(_size(srcs))
     fam = _scalar.FAMILY[act]
+    name = "plain_backward_apply_" if train and not coef[9].any() else "backward_apply_"
     tiles = {}
     for (v, d, o), kind, nb, r in _walk(zip(srcs, dzs, dxs), target):
-        _run(("backward_apply_" + kind, fam), par, v, d, o, o is d, _tiled(coef, r, tiles), a,
+        _run((name + kind, fam), par, v, d, o, o is d, _tiled(coef, r, tiles), a,
              ia, lo, from_x, train, *nb)
 
 

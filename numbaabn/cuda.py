@@ -127,9 +127,14 @@ def _map_kernel(op, act):
     def value(sv, dv, coef, c, a, ia, lo, from_x):
         if op == 0:
             return act_forward((sv - coef[0, c]) * coef[2, c] + coef[3, c], act, a)
-        gr, xh = _grad_and_centred(sv, dv, coef, c, act, a, ia, lo, from_x)
-        if op == 1:
-            return coef[4, c] * gr + coef[5, c] * xh + coef[6, c]
+        if from_x:
+            gr = act_grad_from_input((sv - coef[0, c]) * coef[2, c] + coef[3, c], dv, act, a)
+            v = sv
+        else:
+            gr = act_grad_from_output(sv, dv, act, a)
+            v = act_inverse(sv, act, ia, lo) if op == 1 else sv
+        if op == 1:  # P g + Q' (v - m) + R' (see cpu.gradient_coefficients)
+            return coef[4, c] * gr + coef[5, c] * (v - coef[9, c]) + coef[6, c]
         return coef[4, c] * gr
 
     @cuda.jit
@@ -486,7 +491,7 @@ def statistics(vs, C, stream=None):
     if count == 0:
         return 0, np.zeros(C), np.zeros(C)
     # the statistics never read the table: only its dtype, the loads' compute dtype, counts
-    no_coef = _buffer(stream, "no_coef", (9, 1), compute_dtype(x.dtype))
+    no_coef = _buffer(stream, "no_coef", (10, 1), compute_dtype(x.dtype))
     part, J = _reduce(0, x, x, C, S, no_coef, 0, np.float32(1), np.float32(1),
                       np.float32(-1), False, stream)
     out = part[:, :, :J].sum(axis=2)  # (2, C) shifted sums

@@ -115,6 +115,49 @@ def test_forward_two_constants_per_channel(fmt, training, large, rng):
         np.testing.assert_array_equal(y, x)
 
 
+@pytest.mark.parametrize("fmt", ["NCHW", "NHWC"])
+def test_backward_apply_folds_moderate_bias(fmt, rng):
+    """In place, the apply computes dx = P g + Q' (y - m) + R' (cpu.gradient_coefficients):
+    a channel with |b| <= 8 |s| folds its bias into R' (m = 0; where every channel does,
+    the plain kernels run), a larger bias keeps m = b. float32, identity, a gradient
+    correlated with x̂ (so that Q is about as large as P): dx against the float64 backward
+    of the same float32 output z, within 24 ulps of the channel's largest |dx| (folding
+    b/s = 100 would cost ~80)."""
+    C, M = 5, 4096
+    s = np.array([1.0, 0.5, 2.0, 1.0, 1.0], np.float32)
+    b = np.array([0.0, 3.9, -15.9, 0.3, 100.0], np.float32)  # b / s: 0, 7.8, -7.95, 0.3, 100
+    for fold_all in (True, False):
+        bb = b.copy()
+        if fold_all:
+            bb[4] = 5.0
+        x0 = rng.standard_normal((M, C)).astype(np.float32)
+        dz0 = (0.8 * (x0 - x0.mean(0)) / x0.std(0)
+               + 0.5 * rng.standard_normal((M, C))).astype(np.float32)
+        if fmt == "NCHW":  # (16, C, 256)
+            x0, dz0 = (np.ascontiguousarray(a.reshape(16, 256, C).transpose(0, 2, 1))
+                       for a in (x0, dz0))
+        z = x0.copy()
+        _, saved = numbaabn.inplace_abn_forward(z, s, bb, training=True, activation="identity",
+                                                data_format=fmt, weight_mode="signed")
+        dx = dz0.copy()
+        numbaabn.inplace_abn_backward(dx, saved)
+        # the reference: the float64 backward from the float32 output z
+        ax = 1 if fmt == "NCHW" else -1
+        zc, gc, dxc = (np.moveaxis(a.astype(np.float64), ax, -1).reshape(-1, C)
+                       for a in (z, dz0, dx))
+        xd = np.moveaxis(x0.astype(np.float64), ax, -1).reshape(-1, C)
+        A = s / np.sqrt(xd.var(0) + 1e-5)
+        xh = (zc - bb) / s
+        want = A * (gc - gc.mean(0) - xh * (gc * xh).mean(0))
+        err = np.abs(dxc - want).max(0) / np.abs(want).max(0)
+        assert np.all(err <= 24 * 2.0 ** -24), err / 2.0 ** -24
+        # the rule itself, in the apply's coefficients
+        coef = saved.coef.copy()
+        cpu.gradient_coefficients(coef, np.ones((2, C)), float(M), True, False, np.ones((2, C)),
+                                  s, False, np.empty(0, np.float32), np.empty(0, np.float32))
+        np.testing.assert_array_equal(coef[9], [0, 0, 0, 0, 0 if fold_all else 100])
+
+
 def _strided_cases(rng):
     base = rng.standard_normal((6, 8, 10, 12))
     yield "transposed spatial", base.transpose(0, 1, 3, 2), "NCHW"
@@ -228,7 +271,7 @@ def test_leaky_forward_exact_on_special_values(slope, kind, size, rng):
     M = (cpu._config.PARALLEL_MIN if size == "parallel" else 64) // C
     x = rng.permutation(np.resize(special, M * C)).astype(np.float32)
     views = x.reshape(2, C, -1) if kind == "cf" else x.reshape(-1, C)
-    coef = np.zeros((9, C), np.float32)
+    coef = np.zeros((10, C), np.float32)
     coef[0] = np.array([0, 0, 0, 1, -1, 0.25, 0, 0], np.float32)  # h: y = x - h exactly
     coef[2] = 1  # g = 1, e = 0
     h = coef[0][None, :, None] if kind == "cf" else coef[0]
