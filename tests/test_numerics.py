@@ -211,22 +211,48 @@ def _same_pattern(a, dtype, like=None):
     return out
 
 
-def test_float16_all_bit_patterns_round_trip_like_numpy():
+ALL_HALVES = np.arange(65536, dtype=np.uint16)
+
+
+def signalling(bits, quiet_bit, exponent):
+    """Which of the bit patterns are signalling NaNs (exponent all ones, payload
+    nonzero, quiet bit clear)."""
+    payload = bits & (quiet_bit * 2 - 1)
+    return ((bits & exponent) == exponent) & (payload != 0) & ((bits & quiet_bit) == 0)
+
+
+def quieted32(f):
+    """float32 values with every signalling NaN made quiet (as float32 arithmetic does)."""
+    u = f.view(np.uint32).copy()
+    u[signalling(u, np.uint32(1 << 22), np.uint32(0x7F800000))] |= np.uint32(1 << 22)
+    return u.view(np.float32)
+
+
+def test_float16_all_bit_patterns_load_like_numpy():
+    """Every float16 pattern loads as NumPy's ``astype(float32)``, except that with
+    F16C a signalling NaN comes out quiet (the kernels only compute with what they
+    load; float32 arithmetic quiets it in NumPy too), and through arithmetic and back
+    every pattern gives NumPy's bits."""
     @njit
-    def through_kernel_conversions(h, out, f32):
+    def through_kernel_conversions(h, f32, out, one, zero):
         for i in range(h.size):
             f32[i] = cpu.load(h[i])
-            out[i] = cpu.store(f32[i], out)
+            out[i] = cpu.store(cpu.load(h[i]) * one + zero, out)
 
-    h = np.arange(65536, dtype=np.uint16)
-    out, f32 = np.empty_like(h), np.empty(65536, np.float32)
-    through_kernel_conversions(h, out, f32)
-    numpy_f32 = h.view(np.float16).astype(np.float32)
-    assert np.array_equal(f32.view(np.uint32), numpy_f32.view(np.uint32))
-    assert np.array_equal(out, numpy_f32.astype(np.float16).view(np.uint16))
+    f32, out = np.empty(65536, np.float32), np.empty_like(ALL_HALVES)
+    through_kernel_conversions(ALL_HALVES, f32, out, np.float32(1), np.float32(0))
+    numpy_f32 = ALL_HALVES.view(np.float16).astype(np.float32)
+    expected = quieted32(numpy_f32) if cpu.HARDWARE_HALF else numpy_f32
+    assert signalling(ALL_HALVES, np.uint16(0x200), np.uint16(0x7C00)).sum() == 1022
+    assert np.array_equal(f32.view(np.uint32), expected.view(np.uint32))
+    with np.errstate(invalid="ignore"):
+        computed = numpy_f32 * np.float32(1) + np.float32(0)
+    assert np.array_equal(out, computed.astype(np.float16).view(np.uint16))
 
 
 def test_float32_to_float16_rounding_like_numpy(rng):
+    """Every computed float32 value (never a signalling NaN) stores as NumPy's
+    ``astype(float16)``: random patterns, every half's exact ties and neighbours."""
     @njit
     def to_half(f, out):
         for i in range(f.size):
@@ -236,12 +262,54 @@ def test_float32_to_float16_rounding_like_numpy(rng):
     grid = np.arange(1 << 19, dtype=np.uint32) << 13  # every half, as float32 bits
     # exact ties, just below and just above, and the lowest bits, around every half
     u = np.concatenate([u, grid, grid + 0x1000, grid + 0xFFF, grid + 0x1001, grid + 1])
-    f = u.view(np.float32)
+    f = quieted32(u.view(np.float32))
+    assert np.isnan(f).sum() > 1000  # NaN payloads are among the patterns
     out = np.empty(f.size, np.uint16)
     to_half(f, out)
     with np.errstate(over="ignore"):
         expected = f.astype(np.float16).view(np.uint16)
     assert np.array_equal(out, expected), int((out != expected).sum())
+
+
+@pytest.mark.parametrize("kind", ["cf", "cl"])
+@pytest.mark.parametrize("size", ["serial", "parallel"])
+def test_float16_kernels_every_pattern_like_numpy(kind, size, rng):
+    """Every float16 pattern (NaN payloads, signalling ones, infinities, subnormals)
+    through the forward and the eval backward gives the bits of NumPy's float32
+    computation of the same expressions converted with ``astype``. Coefficients are
+    chosen so that the float32 arithmetic is exact (the kernels contract into FMA;
+    NumPy rounds twice): the test is about the conversions."""
+    copies = 1 if size == "serial" else cpu._config.PARALLEL_MIN // 65536 + 1
+    C = 8
+    x16 = rng.permutation(np.tile(ALL_HALVES, copies)).view(np.float16)
+    dz16 = rng.permutation(np.tile(ALL_HALVES, copies)).view(np.float16)
+    as_views = ((lambda a: a.reshape(2 * copies, C, -1)) if kind == "cf"
+                else (lambda a: a.reshape(-1, C)))
+    per_channel = ((lambda r: r[None, :, None]) if kind == "cf" else (lambda r: r))
+    slope = np.float32(0.01)
+    a, ia, lo = numbaabn.api._act_constants(float(slope), np.float32)
+    x32, dz32 = (as_views(v.astype(np.float32)) for v in (x16, dz16))
+    for h_row in (np.zeros(C, np.float32), np.array([0, 0.25, -0.5, 2, 0, 1, -4, 0.75],
+                                                    np.float32)):
+        coef = np.zeros((10, C), np.float32)
+        coef[0], coef[2], coef[3], coef[4] = h_row, 1, h_row, 1.5  # y = (x - h) * 1 + h
+        h = per_channel(h_row)
+        with np.errstate(invalid="ignore", over="ignore"):
+            y = (x32 - h) * np.float32(1) + h
+            expected = np.where(y >= 0, y, slope * y).astype(np.float16)
+        out = np.empty_like(x16)
+        cpu.forward([as_views(x16.view(np.uint16))], [as_views(out.view(np.uint16))], coef,
+                    1, a, ia, lo)
+        same = out.view(np.uint16) == as_views(expected).reshape(-1).view(np.uint16)
+        zeros = (out == 0) & (expected.reshape(-1) == 0)  # nsz: a zero's sign is free
+        assert (same | zeros).all(), int((~(same | zeros)).sum())
+    with np.errstate(invalid="ignore", over="ignore"):
+        grad = np.where(x32 >= 0, dz32, slope * dz32)
+        expected = (np.float32(1.5) * grad).astype(np.float16)
+    dx = np.empty_like(dz16)
+    cpu.backward_eval([as_views(x16.view(np.uint16))], [as_views(dz16.view(np.uint16))],
+                      [as_views(dx.view(np.uint16))], coef, 1, a, ia, lo, False)
+    assert np.array_equal(dx.view(np.uint16), expected.reshape(-1).view(np.uint16))
 
 
 def test_elu_inverse_is_clamped_and_finite():
