@@ -152,11 +152,16 @@ that reads its input in each of its passes can go below it on this machine, and 
 backward-train target (1.6x) sits at that bound."""
 
 
+def _cpu_details(m):
+    details = [d for d in (m.get("simd"), m.get("l3_cache") and f"L3 {m['l3_cache']}") if d]
+    return f" ({', '.join(details)})" if details else ""
+
+
 def section(res):
     m = res["machine"]
     return f"""## CPU (`python -m numbaabn bench --json benchmarks/results_cpu.json`)
 
-Machine: {m['cpus']} cores of an `{m.get('cpu', '?')}` (a shared virtual machine: other tenants
+Machine: {m['cpus']} cores of an `{m.get('cpu', '?')}`{_cpu_details(m)} (a shared virtual machine: other tenants
 load the memory system, and the same row can vary by 1.5x between runs), Python
 {m['python']}, NumPy {m['numpy']}, Numba {m['numba']}; PyTorch for the comparison columns when
 installed. Raw results: `benchmarks/results_cpu.json`; this section is written by
@@ -181,8 +186,8 @@ array back to back on this machine (`stream_by_size` in the JSON):
 {sweep(res)}
 
 Main memory streams at {res['dram_bandwidth_GBps']:.0f} GB/s (1 GiB array). Only what
-fits the ~64-96 MB this virtual machine gets of the L3 streams fast. The (32,128,56,56)
-float32 tensor is 51 MB: alone and hot it streams at the L3 rate, but the backward
+fits the last-level cache streams fast. The (32,128,56,56)
+float32 tensor is 51 MB: alone and hot it streams at the back-to-back rate, but the backward
 reads z and dz (103 MB), and restoring the input before each repeat (a copy from a
 second 51 MB array) leaves part of it in main memory: the same stream kernel over the
 same arrays after the same restore runs at the bandwidth in the GB/s column. That is

@@ -372,6 +372,15 @@ def machine():
                                if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    try:  # the kernels' speed depends on the vector width and the last-level cache
+        with open("/sys/devices/system/cpu/cpu0/cache/index3/size") as f:
+            info["l3_cache"] = f.read().strip()
+    except OSError:
+        pass
+    from llvmlite import binding
+    features = binding.get_host_cpu_features()
+    info["simd"] = ("AVX-512" if features.get("avx512f") else
+                    "AVX2" if features.get("avx2") else "SSE")
     return info
 
 
