@@ -76,3 +76,47 @@ def test_first_call_script_can_hide_scipy():
         "warm_no_scipy": dict(import_s=0.1, first_forward_s=0.2, first_backward_s=0.3,
                               total_s=0.6, scipy_imported=False)}))
     assert "first call, warm cache, SciPy hidden: import 0.10 s" in text
+
+
+def _fake_run(main_ft_nhwc, worst_other, torch_fb):
+    """A minimal bench result: every ratio 1.0 except the ones named."""
+    def op_block(ratio, seconds=1.0):
+        return dict(ratio_to_floor=ratio, seconds=seconds, bandwidth_GBps=40.0)
+
+    def row(shape, dtype, layout, **ratios):
+        r = dict(shape=list(shape), dtype=dtype, layout=layout, bytes=2 << 20)
+        for op in bench.PASSES:
+            r[op] = op_block(ratios.get(op, 1.0), seconds=0.5 if dtype == "float16" else 1.0)
+        return r
+
+    small = [row((8, 64, 8, 8), "float32", lay) for lay in ("NCHW", "NHWC")]
+    for s in small:
+        s["forward-train"]["back_to_back_seconds"] = 30e-6
+    rows = [row((32, 128, 56, 56), "float32", "NCHW"),
+            row((32, 128, 56, 56), "float32", "NHWC", **{"forward-train": main_ft_nhwc}),
+            row((32, 128, 56, 56), "float16", "NCHW"), row((32, 128, 56, 56), "float16", "NHWC"),
+            row((256, 4096), "float32", "NCHW", **{"backward-train": worst_other})] + small
+    rows[-1]["torch_forward_backward_over_numbaabn"] = torch_fb
+    return dict(rows=rows, dram_bandwidth_GBps=40.0,
+                first_call=dict(warm_no_scipy=dict(total_s=0.5)))
+
+
+def test_report_across_runs_judges_the_median():
+    """benchmarks/report.py: each target in every run, the median, how many runs meet
+    it, and the status from the median (not from the best run)."""
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[1] / "benchmarks"))
+    import report
+    runs = [_fake_run(1.45, 2.5, 5.0), _fake_run(1.70, 1.9, 3.0), _fake_run(1.60, 1.8, 4.5)]
+    lines = {line.split(" | ")[0].lstrip("| "): line for line in report.across(runs).splitlines()}
+    ft = lines["(32,128,56,56) f32 forward-train NHWC"]
+    assert "| 1.45 | 1.70 | 1.60 | 1.60 | 1 of 3 | not met |" in ft
+    assert "| 1.00 | 1.00 | 1.00 | 1.00 | 3 of 3 | **met** |" in lines[
+        "(32,128,56,56) f32 forward-train NCHW"]
+    assert "| 2.50 | 1.90 | 1.80 | 1.90 | 2 of 3 | **met** |" in lines["other shapes, worst"]
+    assert "| 5.00 | 3.00 | 4.50 | 4.50 | 2 of 3 | **met** |" in lines[
+        "PyTorch fwd+bwd over ours, lowest"]
+    assert "| 0.50 | 0.50 | 0.50 | 0.50 | 3 of 3 | **met** |" in lines[
+        "float16 time over float32, highest"]
+    two = report.across(runs[:2]).splitlines()
+    assert "| 1.45 | 1.70 | 1.57 | 1 of 2 | not met |" in next(
+        line for line in two if line.startswith("| (32,128,56,56) f32 forward-train NHWC"))

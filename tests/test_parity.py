@@ -59,7 +59,7 @@ def test_inplace_matches_reference(dtype, act, cl, rank, mode, weight_mode, rng)
 def test_widened_channels_last_rows_match_reference(dtype, act, shape, mode, rng, monkeypatch):
     """Channels-last rows merged into wide rows with tiled constants (``cpu._widen``:
     the path of large tensors; small ones take it only from 4096 rows), forced here on
-    small tensors, with leftover rows (300 = 2 x 128 + 44; 400 = 2 x 170 + 60)."""
+    small tensors, with leftover rows (300 = 2 x 128 + 44; 400 = 2 x 160 + 80)."""
     monkeypatch.setattr(cpu, "_WIDEN_ROWS_MIN", 0)
     seen = []
     widen = cpu._widen
@@ -72,6 +72,20 @@ def test_widened_channels_last_rows_match_reference(dtype, act, shape, mode, rng
     monkeypatch.setattr(cpu, "_widen", spy)
     check_inplace(dtype, act, True, shape, mode, "abs", rng)
     assert max(seen) > 1 and 1 in seen  # widened rows and leftover rows both ran
+
+
+@pytest.mark.parametrize("C", [1, 3, 5, 6, 12, 24, 100, 128, 200, 256])
+def test_widened_rows_are_whole_vector_steps(C):
+    """Merged channels-last rows hold a whole number of 16-element steps where C
+    allows it, as close to ``_WIDE`` elements as that allows, and cover every row."""
+    M = 5000
+    v = np.zeros((M, C), np.float32)
+    parts = cpu._widen((v,), 64)
+    (wide,), r = parts[0]
+    step = 16 // np.gcd(C, 16)
+    assert r * C % 16 == 0 and cpu._WIDE - step * C < r * C <= cpu._WIDE
+    assert wide.shape == (M // r, r * C) and np.shares_memory(wide, v)
+    assert sum(g[0].shape[0] * g[0].shape[1] for g, _ in parts) == M * C
 
 
 @pytest.mark.parametrize("cl", [False, True], ids=["NCHW", "NHWC"])
