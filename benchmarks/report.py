@@ -224,7 +224,7 @@ Machine: {m['cpus']} cores of an `{m.get('cpu', '?')}`{_cpu_details(m)} (a share
 load the memory system, and the same row can vary by 1.5x between runs), Python
 {m['python']}, NumPy {m['numpy']}, Numba {m['numba']}; PyTorch for the comparison columns when
 installed. Raw results: `benchmarks/results_cpu.json`; this section is written by
-`python benchmarks/report.py benchmarks/results_cpu.json`.
+`python benchmarks/report.py benchmarks/results_cpu.json{" --runs benchmarks/results_cpu_runs.json" if runs else ""}`.
 
 **The floor.** Each cell is the median time and, in brackets, the ratio to the floor:
 bytes that must move (3x the input for forward-train, 2x for forward-eval and the
@@ -262,7 +262,7 @@ run (numpy and torch fb: forward + backward; torch f: forward only; PyTorch
 `BatchNorm{{1,2,3}}d + LeakyReLU(inplace=True)`, NHWC only for rank 4 via
 `channels_last`).
 
-### Targets (issues 5 and 7) — status with this run
+### Targets (issues 5 and 7) — {"in this run alone (what counts is the median over the runs, next table)" if runs else "status with this run"}
 
 {targets(res)}
 {runs_section(runs)}
