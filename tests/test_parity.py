@@ -110,14 +110,17 @@ def test_large_tensor_walk_matches_reference(dtype, cl, rng, monkeypatch):
         assert seen and all(b == (cpu._AHEAD if cl else cpu._AHEAD_CHUNK) for b in seen)
 
 
-def spy_walk(monkeypatch):
-    """Record (first view, kind, blocks) of every group ``cpu._walk`` yields."""
+def spy_walk(monkeypatch, whole_rows_seen=None):
+    """Record (first view, kind, blocks) of every group ``cpu._walk`` yields (and in
+    ``whole_rows_seen`` whether the walk asked for whole rows)."""
     seen = []
     walk = cpu._walk
 
-    def spy(groups, target):
-        for item in walk(groups, target):
+    def spy(groups, target, whole_rows=False):
+        for item in walk(groups, target, whole_rows):
             seen.append((item[0][0], item[1], item[2]))
+            if whole_rows_seen is not None:
+                whole_rows_seen.append(whole_rows)
             yield item
 
     monkeypatch.setattr(cpu, "_walk", spy)
@@ -158,17 +161,24 @@ def test_large_tensor_short_rows_match_reference(dtype, shape, rng, monkeypatch)
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_split_channels_last_rows_prefetch_rows_ahead(dtype, rng, monkeypatch):
-    """Channels-last rows too wide for one item are split in channel blocks; the
-    kernels then prefetch the same channels whole rows ahead (``cpu._rows_ahead``), not
-    the bytes past the block (the next block's channels). Results against the
-    reference."""
+    """Channels-last rows too wide for one item are split in channel blocks in the
+    reductions (their partial sums are (row blocks, C)); those kernels then prefetch the
+    same channels whole rows ahead (``cpu._rows_ahead``), not the bytes past the block
+    (the next block's channels). The element-wise passes (forward, backward apply) take
+    whole rows, one contiguous piece per item, prefetched ``_AHEAD`` bytes past. Results
+    against the reference."""
     shape = (128, 4096)
-    seen = spy_walk(monkeypatch)
+    whole = []
+    seen = spy_walk(monkeypatch, whole)
     check_inplace(dtype, "leaky_relu", True, shape, "train", "signed", rng)
-    assert seen
-    for v, _, nb in seen:
+    assert True in whole and False in whole
+    for (v, _, nb), whole_rows in zip(seen, whole):
+        assert v.strides[0] == shape[1] * v.itemsize
+        if whole_rows:
+            assert nb[:2] == (cpu.ITEMS, 1) and nb[3] == cpu._AHEAD
+            continue
         piece = -(-v.shape[1] // nb[1]) * v.itemsize
-        assert nb[1] > 1 and piece >= 512 and v.strides[0] == shape[1] * v.itemsize
+        assert nb[1] > 1 and piece >= 512
         rows = -(-cpu._AHEAD // piece)
         assert nb[3] == rows * v.strides[0] and nb[3] > cpu._AHEAD
 
