@@ -10,6 +10,7 @@ each target in every run and its median, and a target counts as met where the me
 meets it (this machine is shared: one run can meet a target that the next misses).
 """
 import json
+import statistics
 import sys
 
 OPS = ("forward-train", "forward-eval", "backward-train", "fused-eval")
@@ -42,6 +43,24 @@ def _met(ok):
     return "**met**" if ok else "not met"
 
 
+def _main_rows(rows):
+    return [_find(rows, MAIN, "float32", lay) for lay in ("NCHW", "NHWC")]
+
+
+def _other_ratios(rows):
+    """(ratio, shape, layout, op) of the float32 rows other than the main and small
+    shapes, for the targeted operations."""
+    return [(r[op]["ratio_to_floor"], tuple(r["shape"]), r["layout"], op) for r in rows
+            if r["dtype"] == "float32" and tuple(r["shape"]) not in (MAIN, SMALL)
+            for op in TARGETS]
+
+
+def _half_over_single(rows):
+    """float16 time over float32 time of the main shape, each layout and operation."""
+    return [_find(rows, MAIN, "float16", m["layout"])[op]["seconds"] / m[op]["seconds"]
+            for m in _main_rows(rows) for op in TARGETS]
+
+
 def table(rows):
     out = ["| shape | dtype | layout | GB/s fwd / bwd | forward-train | forward-eval | "
            "backward-train | fused eval | numpy | torch f | torch fb |",
@@ -61,10 +80,8 @@ def table(rows):
 
 def targets(res):
     rows = res["rows"]
-    main = [_find(rows, MAIN, "float32", lay) for lay in ("NCHW", "NHWC")]
-    half = [_find(rows, MAIN, "float16", lay) for lay in ("NCHW", "NHWC")]
+    main = _main_rows(rows)
     small = [_find(rows, SMALL, "float32", lay) for lay in ("NCHW", "NHWC")]
-    others = [r for r in rows if r["dtype"] == "float32" and tuple(r["shape"]) not in (MAIN, SMALL)]
     lines = ["| target | measured | status |", "|---|---|---|"]
 
     def bound(op):
@@ -78,8 +95,7 @@ def targets(res):
     v = [m["fused-eval"]["ratio_to_floor"] for m in main]
     lines.append(f"| (issue 7) (32,128,56,56) f32 fused eval ≤ 1.3x floor | {v[0]:.2f}x NCHW, "
                  f"{v[1]:.2f}x NHWC{bound('fused-eval')} | {_met(max(v) <= 1.3)} |")
-    oth = [(r[op]["ratio_to_floor"], tuple(r["shape"]), r["layout"], op) for r in others
-           for op in TARGETS]
+    oth = _other_ratios(rows)
     worst = max(oth)
     lines.append(f"| other shapes ≤ 2x (except the small one) | {min(oth)[0]:.2f}x–{worst[0]:.2f}x "
                  f"(worst: {worst[1]} {worst[2]} {worst[3]}) | {_met(worst[0] <= 2)} |")
@@ -105,8 +121,7 @@ def targets(res):
         lines.append(f"| fwd+bwd ≥ 4x faster than PyTorch | {min(tfb)[0]:.1f}x–{max(tfb)[0]:.1f}x "
                      f"(lowest: {min(tfb)[1]} {min(tfb)[2]}){proof} | "
                      f"{_met(min(tfb)[0] >= 4)} |")
-    per_el = [h[op]["seconds"] / m[op]["seconds"] for h, m in zip(half, main)
-              for op in TARGETS]
+    per_el = _half_over_single(rows)
     lines.append(f"| float16 within 2x of float32 time per element | {min(per_el):.2f}x–"
                  f"{max(per_el):.2f}x the float32 time | {_met(max(per_el) <= 2)} |")
     fc = res.get("first_call")
@@ -128,12 +143,10 @@ def targets(res):
 def _target_values(res):
     """(name, limit, value, lower_is_better) of each numeric target in one run."""
     rows = res["rows"]
-    main = {lay: _find(rows, MAIN, "float32", lay) for lay in ("NCHW", "NHWC")}
-    out = [(f"(32,128,56,56) f32 {op} {lay}", limit, main[lay][op]["ratio_to_floor"], True)
-           for op, limit in list(TARGETS.items()) + [("fused-eval", 1.3)] for lay in main]
-    others = [r[op]["ratio_to_floor"] for r in rows if r["dtype"] == "float32"
-              and tuple(r["shape"]) not in (MAIN, SMALL) for op in TARGETS]
-    out.append(("other shapes, worst", 2.0, max(others), True))
+    out = [(f"(32,128,56,56) f32 {op} {m['layout']}", limit, m[op]["ratio_to_floor"], True)
+           for op, limit in list(TARGETS.items()) + [("fused-eval", 1.3)]
+           for m in _main_rows(rows)]
+    out.append(("other shapes, worst", 2.0, max(_other_ratios(rows))[0], True))
     b2b = [_find(rows, SMALL, "float32", lay)["forward-train"].get("back_to_back_seconds")
            for lay in ("NCHW", "NHWC")]
     if None not in b2b:
@@ -143,9 +156,7 @@ def _target_values(res):
            if "torch_forward_backward_over_numbaabn" in r and r["dtype"] == "float32"]
     if tfb:
         out.append(("PyTorch fwd+bwd over ours, lowest", 4.0, min(tfb), False))
-    half = [_find(rows, MAIN, "float16", lay)[op]["seconds"] / main[lay][op]["seconds"]
-            for lay in main for op in TARGETS]
-    out.append(("float16 time over float32, highest", 2.0, max(half), True))
+    out.append(("float16 time over float32, highest", 2.0, max(_half_over_single(rows)), True))
     hidden = res.get("first_call", {}).get("warm_no_scipy", {}).get("total_s")
     if hidden is not None:
         out.append(("warm first call s, without SciPy", 1.0, hidden, True))
@@ -161,8 +172,7 @@ def across(runs):
     lines = [head, "|---|---|" + "---|" * (len(runs) + 3)]
     for k, (name, limit, _, lower) in enumerate(per_run[0]):
         vals = [pr[k][2] for pr in per_run]
-        med = sorted(vals)[len(vals) // 2] if len(vals) % 2 else \
-            sum(sorted(vals)[len(vals) // 2 - 1:len(vals) // 2 + 1]) / 2
+        med = statistics.median(vals)
         ok = [(v <= limit) if lower else (v >= limit) for v in vals]
         lines.append(f"| {name} | {'≤' if lower else '≥'} {limit:g} | "
                      + " | ".join(f"{v:.2f}" for v in vals)

@@ -521,9 +521,10 @@ def _backward_reduce_cf(src, dz, coef, a, ia, lo, from_x, part, scratch, nbn, nb
 
 
 def _apply_row(sr, dr, xr, dx, cc, a, ia, lo, from_x, train):
-    """One row of the backward's write pass: ``xr = P g + Q x̂ + R`` (``train``) or
-    ``P g``. ``cc`` holds the coefficients (h, b, g, e, k, f, P, Q, R): scalars for a
-    channels-first row, per-channel slices for a channels-last one (``_at`` picks).
+    """One row of the backward's write pass: ``xr = P g + Q' (v - m) + R'`` (``train``)
+    or ``P g``. ``cc`` holds the coefficients (h, g, e, P, Q', R', m: rows 0, 2, 3, 4, 5,
+    6, 9): scalars for a channels-first row, per-channel slices for a channels-last one
+    (``_at`` picks).
     In place, the caller passes ``dr`` as ``xr``: loads and stores then go through one
     reference and LLVM vectorizes without a runtime alias check (which would fail and
     take the scalar loop: 2x slower)."""
@@ -534,13 +535,14 @@ def _apply_row(sr, dr, xr, dx, cc, a, ia, lo, from_x, train):
     if train and from_x:
         for i in range(len(xr)):
             sv = load(sr[i])
-            xr[i] = store(_at(p, i) * act_grad_from_input((sv - _at(h, i)) * _at(g, i)
-                                                          + _at(e, i), load(dr[i]), a)
+            xr[i] = store(_at(p, i) * _grad(sv, load(dr[i]), _at(h, i), _at(g, i), _at(e, i),
+                                            a, True)
                           + _at(q, i) * _centred(sv, _at(m, i)) + _at(r, i), dx)
     elif train:
         for i in range(len(xr)):
             sv = load(sr[i])
-            xr[i] = store(_at(p, i) * act_grad_from_output(sv, load(dr[i]), a)
+            xr[i] = store(_at(p, i) * _grad(sv, load(dr[i]), _at(h, i), _at(g, i), _at(e, i),
+                                            a, False)
                           + _at(q, i) * _centred(act_inverse(sv, ia, lo), _at(m, i))
                           + _at(r, i), dx)
     else:
@@ -1024,7 +1026,9 @@ def _partials(shape, nb):
 
 # ---- per-channel coefficients, and the small training forward in one call ---------
 
-OFFSET_LIMIT = 8.0  # eval forward: h = 0 where |mean g| <= 8 (|s| + |b|); in-place apply: m = 0 where |b| <= 8 |s|
+# eval forward: h = 0 where |mean g| <= OFFSET_LIMIT (|s| + |b|) (fill_coefficients);
+# in-place apply: m = 0 where |b| <= OFFSET_LIMIT |s| (gradient_coefficients)
+OFFSET_LIMIT = 8.0
 
 @njit(**_config.jit_options(False))
 def fill_coefficients(mean, var, w, b, eps, abs_mode, in_place, batch_stats, coef,
