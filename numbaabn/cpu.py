@@ -608,6 +608,9 @@ def _sample_centre(x, kc, c0, c1, zero):
 _SAMPLE_SERIAL_MAX = 1 << 17  # elements: a larger sample is read by all threads
 
 
+_PASS_ROWS = 4  # rows of one pass of _statistics_cl (its prefetch distance: _rows_ahead)
+
+
 def _statistics_cl(x, shift, part, scratch, nbm, nbc, _nb, ahead, out, zero):
     M, C = x.shape
     kc = scratch[0, 2]  # the channels' common centre, before the items
@@ -930,10 +933,11 @@ def _merged(group, view):
     return tuple(out)
 
 
-def _walk(groups, target, whole_rows=False):
+def _walk(groups, target, whole_rows=False, pass_rows=1):
     """(group, kind, blocks, r) for every group of same-shape views: blocks are the
     walk's (row, channel, position) blocks and its prefetch distance; r > 1 when
-    channels-last rows were merged (``_widen``); ``whole_rows``: see ``_blocks_cl``."""
+    channels-last rows were merged (``_widen``); ``whole_rows``: see ``_blocks_cl``;
+    ``pass_rows``: channels-last rows the kernel reads in one pass (``_rows_ahead``)."""
     for group in groups:
         for g, r in _widen(group, target):
             v = g[0]
@@ -944,7 +948,8 @@ def _walk(groups, target, whole_rows=False):
             else:
                 nb = _blocks_cl(v.shape, target, whole_rows)
                 row = -(-v.shape[1] // nb[1])
-                ahead = _rows_ahead(v, row, _prefetch_bytes(v, row, target, _AHEAD))
+                ahead = _rows_ahead(v, row, _prefetch_bytes(v, row, target, _AHEAD),
+                                    pass_rows)
                 yield g, "cl", nb + (ahead,), r
 
 
@@ -961,7 +966,10 @@ def _prefetch_bytes(v, row, target, distance):
     return distance
 
 
-def _rows_ahead(v, row, ahead):
+_PASS_AHEAD = 4096  # past the rows of the next pass, in a several-row pass
+
+
+def _rows_ahead(v, row, ahead, pass_rows=1):
     """A channels-last walk's prefetch distance: ``ahead`` bytes past each row where
     an item's rows follow one another (one channel block, ``row`` the whole row),
     else the same channels whole rows ahead, at least ``ahead`` bytes of them. Where
@@ -970,10 +978,21 @@ def _rows_ahead(v, row, ahead):
     (256, 4096) float32 (rows of 16 KB split in 1 KB blocks) and (64, 2048, 7, 7) NHWC
     (8 KB in 4 KB), 31-61 alternating calls against the bytes-past prefetch:
     backward-train 2.70-2.78 -> 2.48-2.60x and 2.80 -> 2.49x the floor, 7x7
-    forward-eval 1.60 -> 1.38x; rows that follow one another are unchanged."""
+    forward-eval 1.60 -> 1.38x; rows that follow one another are unchanged.
+
+    Where rows follow one another, a kernel that reads ``pass_rows`` > 1 rows a pass
+    (the statistics: four) prefetches ``pass_rows`` rows plus ``_PASS_AHEAD`` bytes
+    past each row: the bytes just past a row are the same pass's next row. (32, 128,
+    56, 56) NHWC statistics alone, 41 alternating calls after a restore, four runs:
+    1.01-1.10 stream passes against 1.12-1.17 at 1 KB past each row; (8, 64, 16, 32,
+    32) NHWC 1.04-1.09 against 1.18-1.22. Split rows keep the rule above: (256, 4096)
+    ran 1.53-1.60 against 1.39-1.42 four rows (+ 4 KB) ahead, (64, 2048, 7, 7) NHWC
+    1.12-1.19 against 1.17-1.20."""
     piece = row * v.itemsize
-    if ahead is None or v.strides[0] == piece:
-        return ahead
+    if ahead is None:
+        return None
+    if v.strides[0] == piece:
+        return ahead if pass_rows == 1 else pass_rows * piece + _PASS_AHEAD
     return -(-ahead // piece) * v.strides[0]
 
 
@@ -1183,7 +1202,7 @@ def statistics(views, C, stream=None):
     target, par = _plan(size)
     cdt = compute_dtype(first.dtype)
     tiles = {}
-    for (v,), kind, nb, r in _walk([(v,) for v in views], target):
+    for (v,), kind, nb, r in _walk([(v,) for v in views], target, pass_rows=_PASS_ROWS):
         out = sums if r == 1 else np.zeros((2, r * C))
         _run(("statistics_" + kind, "any"), par, v, _tiled(shift, r, tiles),
              _partials(v.shape, nb), _scratch(v.shape, nb, cdt), *nb, out, cdt(0))

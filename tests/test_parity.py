@@ -110,17 +110,20 @@ def test_large_tensor_walk_matches_reference(dtype, cl, rng, monkeypatch):
         assert seen and all(b == (cpu._AHEAD if cl else cpu._AHEAD_CHUNK) for b in seen)
 
 
-def spy_walk(monkeypatch, whole_rows_seen=None):
+def spy_walk(monkeypatch, whole_rows_seen=None, pass_rows_seen=None):
     """Record (first view, kind, blocks) of every group ``cpu._walk`` yields (and in
-    ``whole_rows_seen`` whether the walk asked for whole rows)."""
+    ``whole_rows_seen`` whether the walk asked for whole rows, in ``pass_rows_seen``
+    the rows a pass it announced)."""
     seen = []
     walk = cpu._walk
 
-    def spy(groups, target, whole_rows=False):
-        for item in walk(groups, target, whole_rows):
+    def spy(groups, target, whole_rows=False, pass_rows=1):
+        for item in walk(groups, target, whole_rows, pass_rows):
             seen.append((item[0][0], item[1], item[2]))
             if whole_rows_seen is not None:
                 whole_rows_seen.append(whole_rows)
+            if pass_rows_seen is not None:
+                pass_rows_seen.append(pass_rows)
             yield item
 
     monkeypatch.setattr(cpu, "_walk", spy)
@@ -181,6 +184,25 @@ def test_split_channels_last_rows_prefetch_rows_ahead(dtype, rng, monkeypatch):
         assert nb[1] > 1 and piece >= 512
         rows = -(-cpu._AHEAD // piece)
         assert nb[3] == rows * v.strides[0] and nb[3] > cpu._AHEAD
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_channels_last_statistics_prefetch_past_their_pass(dtype, rng, monkeypatch):
+    """The channels-last statistics read four rows a pass (``cpu._PASS_ROWS``): where
+    an item's rows follow one another they prefetch four rows plus ``_PASS_AHEAD``
+    bytes past each row (1 KB past would land in the same pass); the other walks of the
+    same tensor keep ``_AHEAD``. Results against the reference."""
+    shape = (8, 128, 64, 32)  # widened to 4096 rows of 512 elements: one channel block
+    passes = []
+    seen = spy_walk(monkeypatch, pass_rows_seen=passes)
+    check_inplace(dtype, "leaky_relu", True, shape, "train", "signed", rng)
+    assert cpu._PASS_ROWS in passes and 1 in passes
+    for (v, kind, nb), rows in zip(seen, passes):
+        assert kind == "cl" and v.strides[0] == v.shape[1] * v.itemsize and nb[1] == 1
+        if rows == 1:
+            assert nb[3] == cpu._AHEAD
+        else:
+            assert nb[3] == rows * v.strides[0] + cpu._PASS_AHEAD
 
 
 def check_inplace(dtype, act, cl, shape, mode, weight_mode, rng):
