@@ -190,6 +190,19 @@ def across(runs):
     return "\n".join(lines)
 
 
+def regions(res):
+    """The cost of a parallel region (bench.parallel_region_cost), where measured."""
+    t = res.get("parallel_region_seconds")
+    if not t:
+        return ""
+    return (f"Every multi-threaded kernel call starts and joins the threads: a parallel "
+            f"region with one chunk of work took {t['back_to_back'] * 1e6:.0f} µs back to "
+            f"back and {t['after_4MB_restore'] * 1e6:.0f} µs after restoring a 4 MB array "
+            f"(median; `parallel_region_seconds` in the JSON). The stream pass that sets "
+            f"the floor pays it once; forward-train and backward-train run two kernels, "
+            f"so rows of a few hundred microseconds pay it twice against once.")
+
+
 def sweep(res):
     s = res.get("stream_by_size")
     if not s:
@@ -262,6 +275,8 @@ second 51 MB array) leaves part of it in main memory: the same stream kernel ove
 same arrays after the same restore runs at the bandwidth in the GB/s column. That is
 the bandwidth the operation can have, so it is the floor; the hot ratio shows how far
 each operation is from a cache-resident ideal it cannot reach here.
+
+{regions(res)}
 
 {read_bound(res)}
 

@@ -346,6 +346,22 @@ def first_call_costs():
     return out
 
 
+def parallel_region_cost(repeats=51):
+    """Median seconds of a parallel region with one chunk of work (``_stream`` over
+    1024 elements: what every multi-threaded kernel call pays to start and join the
+    threads), called back to back and after restoring a 4 MB array (as the rows'
+    operations are). With ``OMP_WAIT_POLICY=PASSIVE`` each region wakes sleeping
+    threads: its cost is a fixed part of every parallel kernel of a sub-millisecond row."""
+    tiny = np.ones(1024, np.float32)
+    src, dst = np.ones(1 << 20, np.float32), np.empty(1 << 20, np.float32)
+    _stream(tiny, np.float32(1.0))
+    out = {}
+    for label, prepare in (("back_to_back", lambda: None),
+                           ("after_4MB_restore", lambda: np.copyto(dst, src))):
+        out[label] = _median_time(lambda: _stream(tiny, np.float32(1.0)), prepare, repeats)
+    return out
+
+
 def run(rows=ROWS, layouts=("NCHW", "NHWC"), repeats=7, compare=True, first_call=True,
         progress=True):
     results = dict(machine=machine(), rows=[])
@@ -356,6 +372,7 @@ def run(rows=ROWS, layouts=("NCHW", "NHWC"), repeats=7, compare=True, first_call
         results["rows"].append(bench_row(shape, dtype, fmt, repeats, compare))
     results["dram_bandwidth_GBps"] = stream_bandwidth(1 << 30, repeats=3) / 1e9
     results["stream_by_size"] = stream_by_size()
+    results["parallel_region_seconds"] = parallel_region_cost()
     if first_call:
         results["first_call"] = first_call_costs()
     return results
@@ -391,6 +408,9 @@ def table(results):
                  f"{mb} MB {bw:.0f} GB/s" for mb, bw in zip(
                      results.get("stream_by_size", {}).get("MB", []),
                      results.get("stream_by_size", {}).get("hot_GBps", []))),
+             "a parallel region (start and join the threads): " + ", ".join(
+                 f"{k.replace('_', ' ')} {v * 1e6:.1f} µs"
+                 for k, v in results.get("parallel_region_seconds", {}).items()),
              "", f"{'shape':22} {'dtype':8} {'layout':6} {'GB/s*':>11} {'read/rw':>9} "
              f"{'fwd-train':>16} {'fwd-eval':>16} {'bwd-train':>16} {'fused-eval':>16} "
              f"{'numpy':>6} "

@@ -53,8 +53,10 @@ def test_bench_run_and_table():
     assert [(x["dtype"], x["layout"]) for x in r["rows"]] == [
         ("float32", "NCHW"), ("float32", "NHWC"), ("float16", "NCHW"), ("float16", "NHWC")]
     assert r["dram_bandwidth_GBps"] > 0
+    assert set(r["parallel_region_seconds"]) == {"back_to_back", "after_4MB_restore"}
+    assert all(0 < t < 1 for t in r["parallel_region_seconds"].values())
     text = bench.table(r)
-    assert "fwd-train" in text and "(4, 8, 8, 8)" in text
+    assert "fwd-train" in text and "(4, 8, 8, 8)" in text and "a parallel region" in text
     json.dumps(r)  # serializable for --json
 
 
