@@ -195,12 +195,12 @@ def regions(res):
     t = res.get("parallel_region_seconds")
     if not t:
         return ""
-    return (f"Every multi-threaded kernel call starts and joins the threads: a parallel "
+    return (f"Every multi-threaded kernel call starts and joins the threads: a parallel\n"
             f"region with one chunk of work took {t['back_to_back'] * 1e6:.0f} µs back to "
-            f"back and {t['after_4MB_restore'] * 1e6:.0f} µs after restoring a 4 MB array "
-            f"(median; `parallel_region_seconds` in the JSON). The stream pass that sets "
+            f"back and {t['after_4MB_restore'] * 1e6:.0f} µs after\nrestoring a 4 MB array "
+            f"(median; `parallel_region_seconds` in the JSON). The stream pass that\nsets "
             f"the floor pays it once; forward-train and backward-train run two kernels, "
-            f"so rows of a few hundred microseconds pay it twice against once.")
+            f"so rows\nof a few hundred microseconds pay it twice against once.")
 
 
 def sweep(res):
