@@ -70,14 +70,20 @@ act_grad_from_input = _device(_scalar.act_grad_from_input, _FAMILY_FUNCS)
 
 
 @cuda.jit(device=True)
+def _grad(sv, dv, coef, c, act, a, from_x):
+    """g = dL/dy of one element (see cpu._grad)."""
+    if from_x:
+        return act_grad_from_input((sv - coef[0, c]) * coef[2, c] + coef[3, c], dv, act, a)
+    return act_grad_from_output(sv, dv, act, a)
+
+
+@cuda.jit(device=True)
 def _grad_and_centred(sv, dv, coef, c, act, a, ia, lo, from_x):
     """g = dL/dy and x̂ of one element (see cpu._grad_and_centred)."""
+    gr = _grad(sv, dv, coef, c, act, a, from_x)
     if from_x:
-        xc = sv - coef[0, c]
-        return (act_grad_from_input(xc * coef[2, c] + coef[3, c], dv, act, a),
-                xc * coef[7, c] + coef[8, c])
-    return (act_grad_from_output(sv, dv, act, a),
-            (act_inverse(sv, act, ia, lo) - coef[1, c]) * coef[7, c])
+        return gr, (sv - coef[0, c]) * coef[7, c] + coef[8, c]
+    return gr, (act_inverse(sv, act, ia, lo) - coef[1, c]) * coef[7, c]
 
 
 # ---- element-wise kernels -----------------------------------------------------------
@@ -127,15 +133,11 @@ def _map_kernel(op, act):
     def value(sv, dv, coef, c, a, ia, lo, from_x):
         if op == 0:
             return act_forward((sv - coef[0, c]) * coef[2, c] + coef[3, c], act, a)
-        if from_x:
-            gr = act_grad_from_input((sv - coef[0, c]) * coef[2, c] + coef[3, c], dv, act, a)
-            v = sv
-        else:
-            gr = act_grad_from_output(sv, dv, act, a)
-            v = act_inverse(sv, act, ia, lo) if op == 1 else sv
-        if op == 1:  # P g + Q' (v - m) + R' (see cpu.gradient_coefficients)
-            return coef[4, c] * gr + coef[5, c] * (v - coef[9, c]) + coef[6, c]
-        return coef[4, c] * gr
+        gr = _grad(sv, dv, coef, c, act, a, from_x)
+        if op == 2:
+            return coef[4, c] * gr
+        v = sv if from_x else act_inverse(sv, act, ia, lo)  # P g + Q' (v - m) + R'
+        return coef[4, c] * gr + coef[5, c] * (v - coef[9, c]) + coef[6, c]
 
     @cuda.jit
     def kernel(src, dz, out, C, S, ds, dc, coef, a, ia, lo, from_x):

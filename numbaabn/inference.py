@@ -72,8 +72,8 @@ class FusedABN:
 
     def _coefficients(self, cdtype):
         if cdtype not in self._coef:
-            coef = np.zeros((10, self.num_features), cdtype)
             s, b, m, v, e = self._params
+            coef = np.zeros((10, self.num_features), cdtype)
             cpu.fill_coefficients(m, v, s, b, e, False, True, False, coef, False, 0.0,
                                   api._NO_RUNNING[np.dtype(np.float32)],
                                   api._NO_RUNNING[np.dtype(np.float32)])
