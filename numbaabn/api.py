@@ -351,15 +351,14 @@ def _forward(x, weight, bias, running_mean, running_var, *, training, momentum, 
     a, ia, lo = _act_constants(alpha, cdtype)
     count = x.size // C if C else 0
 
-    # a small tensor's whole training forward in one compiled call (None: not small)
-    small = None
+    # the whole in-place training forward in one compiled call (None: see forward_train_one)
+    one = None
     if batch_stats and in_place and hook is None and not backend.IS_DEVICE and count > 1:
-        small = backend.forward_train_small(views, w_arg, b, float(eps), abs_mode, coef,
-                                            update, float(momentum), rm_arg, rv_arg, act, a,
-                                            ia, lo)
-    if small is not None:
-        if not small[0]:
-            raise _non_finite(*small[1])
+        one = backend.forward_train_one(views, w_arg, b, float(eps), abs_mode, coef, update,
+                                        float(momentum), rm_arg, rv_arg, act, a, ia, lo)
+    if one is not None:
+        if not one[0]:
+            raise _non_finite(*one[1])
         return caller_x, _saved(backend, x, x, c_axis, in_place, batch_stats, count, coef, w,
                                 bias, weight_mode, hook, channels_last, host_params, stream,
                                 act, a, ia, lo)
