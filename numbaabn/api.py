@@ -480,25 +480,32 @@ def _backward(dz, saved, in_place, stream=None):
         out = backend.empty_like(dz, stream=stream)
         src_views, dz_views, out_views = _views([src, dz, out], saved.c_axis, backend)
     coef, act, a, ia, lo = saved.coef.copy(), saved.act, saved.alpha, saved.ialpha, saved.lo
-    local = backend.backward_reduce(src_views, dz_views, coef, act, a, ia, lo, saved.from_x,
-                                    stream=stream)
-    sums = local
-    if saved.batch_stats and hook is not None:
-        sums = mpi_sync.allreduce_sum(hook, local)
     train = saved.batch_stats and saved.count > 0
     pdtype = _param_dtype(saved.dtype)
     C = coef.shape[1]
     dw = np.empty(C if w is not None else 0, pdtype)
     db = np.empty(C if saved.has_bias else 0, pdtype)
-    cpu.gradient_coefficients(coef, sums, float(saved.count), train, saved.from_x, local,
-                              _NO_WEIGHT if w is None else w, saved.weight_mode == "abs",
-                              dw, db)
-    if train:
-        backend.backward_train(src_views, dz_views, out_views, coef, act, a, ia, lo,
-                               saved.from_x, stream=stream)
-    else:
-        backend.backward_eval(src_views, dz_views, out_views, coef, act, a, ia, lo,
-                              saved.from_x, stream=stream)
+    w_arg, abs_mode = _NO_WEIGHT if w is None else w, saved.weight_mode == "abs"
+    # the whole training backward in one compiled call (None: see backward_train_one)
+    one = None
+    if train and hook is None and not backend.IS_DEVICE:
+        one = backend.backward_train_one(src_views, dz_views, out_views, coef, act, a, ia, lo,
+                                         saved.from_x, float(saved.count), w_arg, abs_mode,
+                                         dw, db)
+    if one is None:
+        local = backend.backward_reduce(src_views, dz_views, coef, act, a, ia, lo,
+                                        saved.from_x, stream=stream)
+        sums = local
+        if saved.batch_stats and hook is not None:
+            sums = mpi_sync.allreduce_sum(hook, local)
+        cpu.gradient_coefficients(coef, sums, float(saved.count), train, saved.from_x, local,
+                                  w_arg, abs_mode, dw, db)
+        if train:
+            backend.backward_train(src_views, dz_views, out_views, coef, act, a, ia, lo,
+                                   saved.from_x, stream=stream)
+        else:
+            backend.backward_eval(src_views, dz_views, out_views, coef, act, a, ia, lo,
+                                  saved.from_x, stream=stream)
     dweight = None if w is None else dw
     dbias = db if saved.has_bias else None
     if saved.device_grads:  # functional API on device arrays: gradients on the device

@@ -341,6 +341,43 @@ def test_training_forward_is_one_compiled_call(dtype, act, cl, size, rng, monkey
         assert np.array_equal(a, a0, equal_nan=True)
 
 
+@pytest.mark.parametrize("in_place", [True, False], ids=["in_place", "standard"])
+@pytest.mark.parametrize("act", ["leaky_relu", "elu"])
+@pytest.mark.parametrize("shape,fmt,one_call", [
+    ((8, 7, 48, 64), "NCHW", True), ((4, 8, 8, 640), "NHWC", True),
+    ((300, 1000), "NCHW", True), ((4, 7, 6, 5), "NCHW", True),
+    ((8, 16, 32, 64), "NHWC", False)])  # rows merged (cpu._widen): the primitives run
+def test_one_call_training_backward_equals_the_primitives_bit_for_bit(
+        shape, fmt, one_call, act, in_place, rng, monkeypatch):
+    """The one-call training backward runs the kernels of ``backward_reduce`` and
+    ``backward_train`` with their blocks: dx and the parameter gradients are those of
+    the primitives (``backward_train_one`` refused), bit for bit, in place and on the
+    standard path; where the one call applies, the primitives do not run."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the separate primitives ran")
+
+    x0 = (rng.standard_normal(shape) * 3 + 100).astype(np.float32)
+    dz0 = rng.standard_normal(shape).astype(np.float32)
+    C = shape[-1] if fmt == "NHWC" else shape[1]
+    w, b = rng.standard_normal(C).astype(np.float32), rng.standard_normal(C).astype(np.float32)
+    results = []
+    for fused in (True, False):
+        with monkeypatch.context() as m:
+            if fused and one_call:
+                m.setattr(cpu, "backward_reduce", refuse)
+                m.setattr(cpu, "backward_train", refuse)
+            if not fused:
+                m.setattr(cpu, "backward_train_one", lambda *args: None)
+            layer = (numbaabn.InPlaceABN if in_place else numbaabn.ABN)(
+                C, activation=act, data_format=fmt, dtype="float32")
+            layer.weight[:], layer.bias[:] = w, b
+            layer(x0.copy())
+            dx = layer.backward(dz0.copy())
+        results.append((dx, layer.weight_grad.copy(), layer.bias_grad.copy()))
+    for a, a1 in zip(*results):
+        assert np.array_equal(a, a1)
+
+
 @pytest.mark.parametrize("act", ["leaky_relu", "elu"])
 @pytest.mark.parametrize("shape,fmt", [((8, 7, 48, 64), "NCHW"), ((4, 8, 8, 640), "NHWC"),
                                        ((300, 1000), "NCHW"), ((4, 7, 6, 5), "NCHW")])
