@@ -43,8 +43,9 @@ def test_kernels_allocate_nothing():
     """The compiled kernels (the code that walks the input's elements) contain no heap
     allocation: their temporaries (the O(C) partial sums) are allocated by the Python
     layer, where tracemalloc sees them. Compiled per-channel code allocates its own
-    (``fill_coefficients``; ``cpu._ONE``, the one-call training forward, which runs these
-    kernels: O(blocks x C), blocks <= ``cpu.ITEMS``, whatever the batch and spatial size).
+    (``fill_coefficients``; ``cpu._ONE``, the one-call training forward and backward,
+    which run these kernels: O(blocks x C), blocks <= ``cpu.ITEMS``, whatever the batch
+    and spatial size).
     Kernels are recompiled without the disk cache (cached code has no IR)."""
     import numba
 
