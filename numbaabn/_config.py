@@ -8,8 +8,11 @@ variable                   meaning (default)
                            (``nsz arcp contract afn reassoc``; never ``nnan``/``ninf``);
                            ``0`` disables, or a space-separated list of flags
 ``NUMBAABN_PARALLEL_MIN``  element count from which the multi-threaded kernels run
-                           (``131072``); smaller tensors use the serial twins and pay
-                           no thread start-up
+                           (``2097152``, 2**21; ELU's kernels from a sixteenth of it);
+                           smaller tensors run as one serial item and pay no thread
+                           start-up, which on the 2-core VM of BENCHMARKS.md costs
+                           60-120 µs a kernel: lower it where threads start cheaply
+                           or there are more cores
 ``NUMBA_THREADING_LAYER``  Numba's own variable; numbaabn works with every layer
 ``OMP_WAIT_POLICY``        set to ``PASSIVE`` by numbaabn unless already set: GNU
                            OpenMP threads (Numba's default layer on Linux) otherwise
@@ -43,7 +46,7 @@ def _read_fastmath(value):
 
 CACHE = os.environ.get("NUMBAABN_CACHE", "1").strip().lower() not in ("0", "false", "no", "off")
 FASTMATH = _read_fastmath(os.environ.get("NUMBAABN_FASTMATH", "1"))
-PARALLEL_MIN = int(os.environ.get("NUMBAABN_PARALLEL_MIN", str(1 << 17)))
+PARALLEL_MIN = int(os.environ.get("NUMBAABN_PARALLEL_MIN", str(1 << 21)))
 
 
 def jit_options(parallel):

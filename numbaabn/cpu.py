@@ -816,12 +816,21 @@ if hasattr(os, "register_at_fork"):
 ITEMS = 64  # work items of a large tensor's walk, whatever the number of threads
 
 
-def _plan(size):
-    """(work items to aim for, whether the parallel twin runs). The split depends on
-    the size only, not on the number of threads, so the partial sums are the same
-    on every machine (the serial and parallel twins may still differ in the last
-    bits: LLVM may vectorize their float32 block sums with different lanes)."""
-    if size < _config.PARALLEL_MIN:
+# ELU's kernels compute an exponential or a logarithm per element (scalar calls: no
+# vector math library): an element weighs about 16 of the memory-bound ones in the
+# choice between one serial item and the threads. (256, 4096) and (32, 64, 32, 32)
+# float32 ELU, serial over parallel time: 1.65-1.85 (forward-train, -eval, backward).
+_WEIGHT = {_scalar.ELU: 16}
+
+
+def _plan(size, act=None):
+    """(work items to aim for, whether the parallel twin runs): one serial item below
+    ``PARALLEL_MIN`` elements (those of ``act``'s kernels weighted by ``_WEIGHT``), else
+    ``ITEMS`` items. The split depends on the size only, not on the number of threads,
+    so the partial sums are the same on every machine (the serial and parallel twins
+    may still differ in the last bits: LLVM may vectorize their float32 block sums with
+    different lanes)."""
+    if size * _WEIGHT.get(act, 1) < _config.PARALLEL_MIN:
         return 0, False
     return ITEMS, not _serial_only and numba.get_num_threads() > 1
 
@@ -1292,6 +1301,8 @@ def forward_train_one(views, w, b, eps, abs_mode, coef, update, momentum, rm, rv
     if len(views) != 1:
         return None
     target, par = _plan(views[0].size)
+    if _plan(views[0].size, act) != (target, par):  # the forward's walk is another
+        return None
     parts = _widen(views, target)  # what _walk splits the view into
     if len(parts) != 1 or parts[0][1] != 1:
         return None
@@ -1312,7 +1323,7 @@ def forward(views, outs, coef, act, a, ia, lo, stream=None):
     """``out = act((x - h) * g + e)``; ``outs`` may be ``views`` (in place). Where
     every channel's h is 0 the plain kernels run, ``act(x * g + e)``: the same values,
     two constants loaded per element instead of three."""
-    target, par = _plan(_size(views))
+    target, par = _plan(_size(views), act)
     fam = _scalar.FAMILY[act]
     name = "plain_forward_" if not coef[0].any() else "forward_"
     tiles = {}
@@ -1325,7 +1336,7 @@ def backward_reduce(srcs, dzs, coef, act, a, ia, lo, from_x, stream=None):
     """Per-channel ``S1 = Σ g`` and ``S2 = Σ g x̂`` in float64, shape (2, C)."""
     C = coef.shape[1]
     sums = np.zeros((2, C))
-    target, par = _plan(_size(srcs))
+    target, par = _plan(_size(srcs), act)
     fam = _scalar.FAMILY[act]
     tiles = {}
     for (v, d), kind, nb, r in _walk(zip(srcs, dzs), target):
@@ -1338,7 +1349,7 @@ def backward_reduce(srcs, dzs, coef, act, a, ia, lo, from_x, stream=None):
 
 
 def _backward_apply(srcs, dzs, dxs, coef, act, a, ia, lo, from_x, train):
-    target, par = _plan(_size(srcs))
+    target, par = _plan(_size(srcs), act)
     fam = _scalar.FAMILY[act]
     name = "plain_backward_apply_" if train and not coef[9].any() else "backward_apply_"
     tiles = {}
@@ -1357,7 +1368,7 @@ def backward_train_one(srcs, dzs, dxs, coef, act, a, ia, lo, from_x, count, w, a
     of the time (one run 1.01), (64, 2048, 7, 7) 0.83-0.88, (8, 64, 8, 8) 0.68."""
     if len(srcs) != 1:
         return None
-    target, par = _plan(srcs[0].size)
+    target, par = _plan(srcs[0].size, act)
     reduce = list(_walk([(srcs[0], dzs[0])], target))
     apply = list(_walk([(srcs[0], dzs[0], dxs[0])], target, True))
     if len(reduce) != 1 or reduce[0][3] != 1 or len(apply) != 1 or apply[0][3] != 1:

@@ -1,8 +1,13 @@
 import os
 import sys
 
-import numpy as np
-import pytest
+# The tests run the multi-threaded kernels from 131072 elements (the default is 2**21,
+# where they start to pay on the 2-core machine): tensors of both twins stay small.
+# Set before numbaabn is imported; tests that start processes pass it on.
+os.environ.setdefault("NUMBAABN_PARALLEL_MIN", "131072")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 
