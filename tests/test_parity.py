@@ -5,7 +5,7 @@ import pytest
 
 import numbaabn
 import reference as ref
-from numbaabn import _config, cpu
+from numbaabn import _config, _scalar, cpu
 from conftest import assert_close, assert_f16_forward, assert_sums_close, channels_of
 
 SHAPES = {2: (9, 4), 3: (3, 4, 7), 4: (2, 3, 5, 4), 5: (2, 1, 3, 4, 3)}
@@ -399,3 +399,30 @@ def test_one_call_training_forward_equals_the_primitives_bit_for_bit(shape, fmt,
         results.append((x, rm, rv, saved.coef))
     for a, a1 in zip(*results):
         assert np.array_equal(a, a1)
+
+
+@pytest.mark.parametrize("cl", [False, True], ids=["NCHW", "NHWC"])
+def test_elu_is_threaded_from_a_sixteenth_of_the_threshold(cl, rng, monkeypatch):
+    """ELU's kernels (an exponential or a logarithm per element) take the threads from
+    ``PARALLEL_MIN / 16`` elements, the memory-bound ones from ``PARALLEL_MIN``. Between
+    the two, the statistics run as one serial item and the ELU passes on the threads:
+    the one-call forward gives way to the separate calls (one call cannot hold both
+    plans), and forward and backward still match the reference."""
+    shape = (4, 6, 8, 32) if cl else (4, 32, 6, 8)  # 6144 elements
+    size = int(np.prod(shape))
+    monkeypatch.setattr(_config, "PARALLEL_MIN", 8 * size)
+    threads = numbaabn.cpu.numba.get_num_threads() > 1
+    assert cpu._plan(size) == (0, False)
+    assert cpu._plan(size, _scalar.ELU) == (cpu.ITEMS, threads)
+    assert cpu._plan(size, _scalar.LEAKY_RELU) == (0, False)
+    assert cpu._plan(size // 32, _scalar.ELU) == (0, False)
+    results = []
+    one_call = cpu.forward_train_one
+
+    def spy(*args):
+        results.append(one_call(*args))
+        return results[-1]
+
+    monkeypatch.setattr(cpu, "forward_train_one", spy)
+    check_inplace(np.float32, "elu", cl, shape, "train", "abs", rng)
+    assert results and all(r is None for r in results)
