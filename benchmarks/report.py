@@ -55,6 +55,20 @@ def _other_ratios(rows):
             for op in TARGETS]
 
 
+def _small_back_to_back(rows):
+    """Back-to-back forward-train seconds of the small shape, NCHW and NHWC (None where
+    the results predate that measurement)."""
+    return [_find(rows, SMALL, "float32", lay)["forward-train"].get("back_to_back_seconds")
+            for lay in ("NCHW", "NHWC")]
+
+
+def _torch_fb(rows):
+    """(PyTorch fwd+bwd time over ours, shape, layout) of the float32 rows that have it."""
+    return [(r["torch_forward_backward_over_numbaabn"], tuple(r["shape"]), r["layout"])
+            for r in rows if "torch_forward_backward_over_numbaabn" in r
+            and r["dtype"] == "float32"]
+
+
 def _half_over_single(rows):
     """float16 time over float32 time of the main shape, each layout and operation."""
     return [_find(rows, MAIN, "float16", m["layout"])[op]["seconds"] / m[op]["seconds"]
@@ -100,7 +114,7 @@ def targets(res):
     lines.append(f"| other shapes ≤ 2x (except the small one) | {min(oth)[0]:.2f}x–{worst[0]:.2f}x "
                  f"(worst: {worst[1]} {worst[2]} {worst[3]}) | {_met(worst[0] <= 2)} |")
     st = [s["forward-train"]["seconds"] for s in small]
-    b2b = [s["forward-train"].get("back_to_back_seconds") for s in small]
+    b2b = _small_back_to_back(rows)
     if None in b2b:  # results written before the back-to-back measurement existed
         lines.append(f"| (8,64,8,8) forward-train < 40 µs | {st[0] * 1e6:.1f} µs NCHW, "
                      f"{st[1] * 1e6:.1f} µs NHWC | {_met(max(st) < 40e-6)} |")
@@ -109,8 +123,7 @@ def targets(res):
                      f"{b2b[0] * 1e6:.1f} µs NCHW, {b2b[1] * 1e6:.1f} µs NHWC; interleaved with "
                      f"the other operations and stream passes {st[0] * 1e6:.0f} / "
                      f"{st[1] * 1e6:.0f} µs | {_met(max(b2b) < 40e-6)} (back to back) |")
-    tfb = [(r["torch_forward_backward_over_numbaabn"], tuple(r["shape"]), r["layout"])
-           for r in rows if "torch_forward_backward_over_numbaabn" in r and r["dtype"] == "float32"]
+    tfb = _torch_fb(rows)
     if tfb:
         below = [f"{tuple(r['shape'])} {r['layout']} {r['torch_forward_backward_over_floor']:.1f}x"
                  for r in rows if r["dtype"] == "float32"
@@ -147,15 +160,13 @@ def _target_values(res):
            for op, limit in list(TARGETS.items()) + [("fused-eval", 1.3)]
            for m in _main_rows(rows)]
     out.append(("other shapes, worst", 2.0, max(_other_ratios(rows))[0], True))
-    b2b = [_find(rows, SMALL, "float32", lay)["forward-train"].get("back_to_back_seconds")
-           for lay in ("NCHW", "NHWC")]
+    b2b = _small_back_to_back(rows)
     if None not in b2b:
         out.append(("(8,64,8,8) forward-train µs, back to back, slower layout", 40.0,
                     max(b2b) * 1e6, True))
-    tfb = [r["torch_forward_backward_over_numbaabn"] for r in rows
-           if "torch_forward_backward_over_numbaabn" in r and r["dtype"] == "float32"]
+    tfb = _torch_fb(rows)
     if tfb:
-        out.append(("PyTorch fwd+bwd over ours, lowest", 4.0, min(tfb), False))
+        out.append(("PyTorch fwd+bwd over ours, lowest", 4.0, min(tfb)[0], False))
     out.append(("float16 time over float32, highest", 2.0, max(_half_over_single(rows)), True))
     hidden = res.get("first_call", {}).get("warm_no_scipy", {}).get("total_s")
     if hidden is not None:
@@ -178,6 +189,17 @@ def across(runs):
                      + " | ".join(f"{v:.2f}" for v in vals)
                      + f" | {med:.2f} | {sum(ok)} of {len(vals)} | "
                      f"{_met(med <= limit if lower else med >= limit)} |")
+    by_row = {}
+    for r in runs:
+        for ratio, shape, layout, op in _other_ratios(r["rows"]):
+            by_row.setdefault((shape, layout, op), []).append(ratio)
+    meds = sorted(((statistics.median(v), k) for k, v in by_row.items()), reverse=True)
+    above = [f"{k[0]} {k[1]} {k[2]} {m:.2f}x" for m, k in meds if m > 2]
+    within = [m for m, _ in meds if m <= 2]
+    lines.append("")
+    lines.append("Other shapes row by row (median over the runs of each row and operation): "
+                 + ("; ".join(above) + " above 2x" if above else "every one within 2x")
+                 + (f", the highest of the others {within[0]:.2f}x." if within else "."))
     spread = []
     for r in runs:
         bw = [r2[op]["bandwidth_GBps"] for r2 in r["rows"] if r2["bytes"] > 1 << 20
@@ -200,7 +222,9 @@ def regions(res):
             f"back and {t['after_4MB_restore'] * 1e6:.0f} µs after\nrestoring a 4 MB array "
             f"(median; `parallel_region_seconds` in the JSON). The stream pass that\nsets "
             f"the floor pays it once; forward-train and backward-train run two kernels, "
-            f"so rows\nof a few hundred microseconds pay it twice against once.")
+            f"so rows\nof a few hundred microseconds would pay it twice against once: "
+            f"tensors under `NUMBAABN_PARALLEL_MIN`\nelements (2^21 by default) run as one "
+            f"serial item and pay none.")
 
 
 def sweep(res):

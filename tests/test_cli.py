@@ -122,3 +122,10 @@ def test_report_across_runs_judges_the_median():
     two = report.across(runs[:2]).splitlines()
     assert "| 1.45 | 1.70 | 1.57 | 1 of 2 | not met |" in next(
         line for line in two if line.startswith("| (32,128,56,56) f32 forward-train NHWC"))
+    by_row = next(line for line in report.across(runs).splitlines()
+                  if line.startswith("Other shapes row by row"))
+    assert "every one within 2x, the highest of the others 1.90x." in by_row
+    high = [_fake_run(1.0, w, 5.0) for w in (2.5, 2.2, 1.8)]
+    by_row = next(line for line in report.across(high).splitlines()
+                  if line.startswith("Other shapes row by row"))
+    assert "(256, 4096) NCHW backward-train 2.20x above 2x" in by_row
