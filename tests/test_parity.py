@@ -1,5 +1,6 @@
 """Kernels against the float64 reference: dtypes x activations x layouts x ranks x
 modes x weight modes, through the module API (which covers the mode flags)."""
+import numba
 import numpy as np
 import pytest
 
@@ -411,7 +412,7 @@ def test_elu_is_threaded_from_a_sixteenth_of_the_threshold(cl, rng, monkeypatch)
     shape = (4, 6, 8, 32) if cl else (4, 32, 6, 8)  # 6144 elements
     size = int(np.prod(shape))
     monkeypatch.setattr(_config, "PARALLEL_MIN", 8 * size)
-    threads = numbaabn.cpu.numba.get_num_threads() > 1
+    threads = numba.get_num_threads() > 1
     assert cpu._plan(size) == (0, False)
     assert cpu._plan(size, _scalar.ELU) == (cpu.ITEMS, threads)
     assert cpu._plan(size, _scalar.LEAKY_RELU) == (0, False)
