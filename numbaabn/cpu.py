@@ -608,7 +608,20 @@ def _sample_centre(x, kc, c0, c1, zero):
 _SAMPLE_SERIAL_MAX = 1 << 17  # elements: a larger sample is read by all threads
 
 
-_PASS_ROWS = 4  # rows of one pass of _statistics_cl (its prefetch distance: _rows_ahead)
+# The channels-last statistics read each item as four streams a quarter of its rows
+# apart (one row of each a pass: a quarter of the block sums' loads and stores per
+# element), in at most _STREAM_ITEMS items, not prefetched in software. Four adjacent
+# rows a pass (until the sixteenth session) ran 2-2.5x slower than one sequential read
+# on the sixteenth session's AMD EPYC (Zen 4): its hardware prefetcher follows four
+# sequential streams, not lines taken 512 bytes apart in turn (one thread, 51 MB, a
+# plain Numba loop: 9-11 GB/s adjacent, 23-27 GB/s in four streams, 28 GB/s a flat
+# sum). Statistics alone after a restore, 15 alternating calls, in stream passes,
+# adjacent rows prefetched in 64 items -> four streams in 8 items, not prefetched:
+# (32, 128, 56, 56) NHWC 1.56-1.92 -> 1.05-1.14, (64, 3, 224, 224) 1.54 -> 1.18,
+# (8, 64, 16, 32, 32) 1.54 -> 1.12, (64, 2048, 7, 7) 1.92 -> 1.23 (channels first:
+# 1.20, 1.00, 0.99, 1.67). Prefetching the streams made them slower (1.07 -> 1.40 on
+# the first shape), and so did 64 items (shorter streams: 1.18 -> 1.56 on the second).
+_STREAM_ITEMS = 8
 
 
 def _statistics_cl(x, shift, part, scratch, nbm, nbc, _nb, ahead, out, zero):
@@ -631,18 +644,16 @@ def _statistics_cl(x, shift, part, scratch, nbm, nbc, _nb, ahead, out, zero):
             p2[c] = 0.0
         if m1 == m0:
             continue
-        for r0 in range(m0, m1, _ROWS):
-            for c in range(w):
+        q = (m1 - m0) // 4  # four streams, a quarter of the item's rows apart
+        for i0 in range(0, q + 1, _ROWS // 4):  # block sums of _ROWS rows; the last
+            for c in range(w):                  # block also takes the n % 4 rows left
                 b1[c] = zero
                 b2[c] = zero
-            re = min(r0 + _ROWS, m1)
-            for m in range(r0, re - 3, 4):  # four rows per pass over the block sums:
-                xr = x[m, c0:c1]            # a quarter of their loads and stores (two
-                xs = x[m + 1, c0:c1]        # rows before the twelfth session; 41
-                # alternating calls, three runs, in stream passes: (32,128,56,56) NHWC
-                # 1.24-1.28 -> 1.17-1.20, (64,2048,7,7) NHWC 1.55-1.62 -> 1.40-1.49)
-                xu = x[m + 2, c0:c1]
-                xv = x[m + 3, c0:c1]
+            for m in range(m0 + i0, m0 + min(i0 + _ROWS // 4, q)):
+                xr = x[m, c0:c1]
+                xs = x[m + q, c0:c1]
+                xu = x[m + 2 * q, c0:c1]
+                xv = x[m + 3 * q, c0:c1]
                 _ahead(xr, ahead)
                 _ahead(xs, ahead)
                 _ahead(xu, ahead)
@@ -651,16 +662,16 @@ def _statistics_cl(x, shift, part, scratch, nbm, nbc, _nb, ahead, out, zero):
                     d = load(xr[c]) - k[c]
                     e = load(xs[c]) - k[c]
                     f = load(xu[c]) - k[c]
-                    q = load(xv[c]) - k[c]
-                    b1[c] += (d + e) + (f + q)
-                    b2[c] += (d * d + e * e) + (f * f + q * q)
-            for m in range(re - (re - r0) % 4, re):
-                xr = x[m, c0:c1]
-                _ahead(xr, ahead)
-                for c in range(w):
-                    d = load(xr[c]) - k[c]
-                    b1[c] += d
-                    b2[c] += d * d
+                    g = load(xv[c]) - k[c]
+                    b1[c] += (d + e) + (f + g)
+                    b2[c] += (d * d + e * e) + (f * f + g * g)
+            if i0 + _ROWS // 4 > q:
+                for m in range(m0 + 4 * q, m1):
+                    xr = x[m, c0:c1]
+                    for c in range(w):
+                        d = load(xr[c]) - k[c]
+                        b1[c] += d
+                        b2[c] += d * d
             for c in range(w):
                 p1[c] += np.float64(b1[c])
                 p2[c] += np.float64(b2[c])
@@ -945,23 +956,24 @@ def _merged(group, view):
     return tuple(out)
 
 
-def _walk(groups, target, whole_rows=False, pass_rows=1):
+def _walk(groups, target, whole_rows=False, streams=False):
     """(group, kind, blocks, r) for every group of same-shape views: blocks are the
     walk's (row, channel, position) blocks and its prefetch distance; r > 1 when
     channels-last rows were merged (``_widen``); ``whole_rows``: see ``_blocks_cl``;
-    ``pass_rows``: channels-last rows the kernel reads in one pass (``_rows_ahead``)."""
+    ``streams``: the channels-last statistics (``_STREAM_ITEMS``)."""
     for group in groups:
         for g, r in _widen(group, target):
             v = g[0]
-            if v.ndim == 3:
+            if v.ndim == 2 and streams:
+                yield g, "cl", _blocks_cl(v.shape, min(target, _STREAM_ITEMS)) + (None,), r
+            elif v.ndim == 3:
                 nb = _blocks_cf(v.shape, target)
                 row = min(-(-v.shape[2] // nb[2]), _BLOCK)
                 yield g, "cf", nb + (_prefetch_bytes(v, row, target, _AHEAD_CHUNK),), r
             else:
                 nb = _blocks_cl(v.shape, target, whole_rows)
                 row = -(-v.shape[1] // nb[1])
-                ahead = _rows_ahead(v, row, _prefetch_bytes(v, row, target, _AHEAD),
-                                    pass_rows)
+                ahead = _rows_ahead(v, row, _prefetch_bytes(v, row, target, _AHEAD))
                 yield g, "cl", nb + (ahead,), r
 
 
@@ -978,10 +990,7 @@ def _prefetch_bytes(v, row, target, distance):
     return distance
 
 
-_PASS_AHEAD = 4096  # past the rows of the next pass, in a several-row pass
-
-
-def _rows_ahead(v, row, ahead, pass_rows=1):
+def _rows_ahead(v, row, ahead):
     """A channels-last walk's prefetch distance: ``ahead`` bytes past each row where
     an item's rows follow one another (one channel block, ``row`` the whole row),
     else the same channels whole rows ahead, at least ``ahead`` bytes of them. Where
@@ -990,21 +999,12 @@ def _rows_ahead(v, row, ahead, pass_rows=1):
     (256, 4096) float32 (rows of 16 KB split in 1 KB blocks) and (64, 2048, 7, 7) NHWC
     (8 KB in 4 KB), 31-61 alternating calls against the bytes-past prefetch:
     backward-train 2.70-2.78 -> 2.48-2.60x and 2.80 -> 2.49x the floor, 7x7
-    forward-eval 1.60 -> 1.38x; rows that follow one another are unchanged.
-
-    Where rows follow one another, a kernel that reads ``pass_rows`` > 1 rows a pass
-    (the statistics: four) prefetches ``pass_rows`` rows plus ``_PASS_AHEAD`` bytes
-    past each row: the bytes just past a row are the same pass's next row. (32, 128,
-    56, 56) NHWC statistics alone, 41 alternating calls after a restore, four runs:
-    1.01-1.10 stream passes against 1.12-1.17 at 1 KB past each row; (8, 64, 16, 32,
-    32) NHWC 1.04-1.09 against 1.18-1.22. Split rows keep the rule above: (256, 4096)
-    ran 1.53-1.60 against 1.39-1.42 four rows (+ 4 KB) ahead, (64, 2048, 7, 7) NHWC
-    1.12-1.19 against 1.17-1.20."""
+    forward-eval 1.60 -> 1.38x; rows that follow one another are unchanged."""
     piece = row * v.itemsize
     if ahead is None:
         return None
     if v.strides[0] == piece:
-        return ahead if pass_rows == 1 else pass_rows * piece + _PASS_AHEAD
+        return ahead
     return -(-ahead // piece) * v.strides[0]
 
 
@@ -1277,7 +1277,7 @@ def statistics(views, C, stream=None):
     target, par = _plan(size)
     cdt = compute_dtype(first.dtype)
     tiles = {}
-    for (v,), kind, nb, r in _walk([(v,) for v in views], target, pass_rows=_PASS_ROWS):
+    for (v,), kind, nb, r in _walk([(v,) for v in views], target, streams=True):
         out = sums if r == 1 else np.zeros((2, r * C))
         _run(_KERNELS["statistics_" + kind, "any"], par, v, _tiled(shift, r, tiles),
              _partials(v.shape, nb), _scratch(v.shape, nb, cdt), *nb, out, cdt(0))
@@ -1313,7 +1313,7 @@ def forward_train_one(views, w, b, eps, abs_mode, coef, update, momentum, rm, rv
     if not target:  # one serial item, not prefetched: _walk's blocks, compiled in
         return _SMALL[key](v, first, w, b, eps, abs_mode, coef, update, momentum, rm, rv, a,
                            ia, lo, coef.dtype.type(0))
-    nbs = next(_walk([views], target, pass_rows=_PASS_ROWS))[2]
+    nbs = next(_walk([views], target, streams=True))[2]
     nbf = next(_walk([views], target, True))[2]
     return _run(_ONE[key], par, v, first, w, b, eps, abs_mode, coef, update, momentum, rm,
                 rv, a, ia, lo, coef.dtype.type(0), *nbs, *nbf)

@@ -111,20 +111,20 @@ def test_large_tensor_walk_matches_reference(dtype, cl, rng, monkeypatch):
         assert seen and all(b == (cpu._AHEAD if cl else cpu._AHEAD_CHUNK) for b in seen)
 
 
-def spy_walk(monkeypatch, whole_rows_seen=None, pass_rows_seen=None):
+def spy_walk(monkeypatch, whole_rows_seen=None, streams_seen=None):
     """Record (first view, kind, blocks) of every group ``cpu._walk`` yields (and in
-    ``whole_rows_seen`` whether the walk asked for whole rows, in ``pass_rows_seen``
-    the rows a pass it announced)."""
+    ``whole_rows_seen`` whether the walk asked for whole rows, in ``streams_seen``
+    whether it was the statistics' walk)."""
     seen = []
     walk = cpu._walk
 
-    def spy(groups, target, whole_rows=False, pass_rows=1):
-        for item in walk(groups, target, whole_rows, pass_rows):
+    def spy(groups, target, whole_rows=False, streams=False):
+        for item in walk(groups, target, whole_rows, streams):
             seen.append((item[0][0], item[1], item[2]))
             if whole_rows_seen is not None:
                 whole_rows_seen.append(whole_rows)
-            if pass_rows_seen is not None:
-                pass_rows_seen.append(pass_rows)
+            if streams_seen is not None:
+                streams_seen.append(streams)
             yield item
 
     monkeypatch.setattr(cpu, "_walk", spy)
@@ -172,12 +172,14 @@ def test_split_channels_last_rows_prefetch_rows_ahead(dtype, rng, monkeypatch):
     whole rows, one contiguous piece per item, prefetched ``_AHEAD`` bytes past. Results
     against the reference."""
     shape = (128, 4096)
-    whole = []
-    seen = spy_walk(monkeypatch, whole)
+    whole, streams = [], []
+    seen = spy_walk(monkeypatch, whole, streams)
     check_inplace(dtype, "leaky_relu", True, shape, "train", "signed", rng)
     assert True in whole and False in whole
-    for (v, _, nb), whole_rows in zip(seen, whole):
+    for (v, _, nb), whole_rows, stats in zip(seen, whole, streams):
         assert v.strides[0] == shape[1] * v.itemsize
+        if stats:  # see test_channels_last_statistics_read_four_streams
+            continue
         if whole_rows:
             assert nb[:2] == (cpu.ITEMS, 1) and nb[3] == cpu._AHEAD
             continue
@@ -187,23 +189,42 @@ def test_split_channels_last_rows_prefetch_rows_ahead(dtype, rng, monkeypatch):
         assert nb[3] == rows * v.strides[0] and nb[3] > cpu._AHEAD
 
 
+@pytest.mark.parametrize("shape", [(8, 128, 64, 32), (128, 4096), (4, 63, 97, 3)],
+                         ids=["rows-follow", "split-rows", "odd"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_channels_last_statistics_prefetch_past_their_pass(dtype, rng, monkeypatch):
-    """The channels-last statistics read four rows a pass (``cpu._PASS_ROWS``): where
-    an item's rows follow one another they prefetch four rows plus ``_PASS_AHEAD``
-    bytes past each row (1 KB past would land in the same pass); the other walks of the
-    same tensor keep ``_AHEAD``. Results against the reference."""
-    shape = (8, 128, 64, 32)  # widened to 4096 rows of 512 elements: one channel block
-    passes = []
-    seen = spy_walk(monkeypatch, pass_rows_seen=passes)
+def test_channels_last_statistics_read_four_streams(dtype, shape, rng, monkeypatch):
+    """The channels-last statistics walk (``streams``) splits a tensor above the
+    parallel threshold into at most ``cpu._STREAM_ITEMS`` row blocks, none prefetched; the
+    other walks of the same tensor keep ``cpu.ITEMS`` items and their prefetch. Items
+    of row counts that are not multiples of four (the odd shape: 97 * 4 * 63 positions
+    widened, leftover rows) and the reference: forward and backward against it."""
+    if np.prod(shape) < cpu._config.PARALLEL_MIN:
+        monkeypatch.setattr(cpu._config, "PARALLEL_MIN", int(np.prod(shape)))
+    streams = []
+    seen = spy_walk(monkeypatch, streams_seen=streams)
     check_inplace(dtype, "leaky_relu", True, shape, "train", "signed", rng)
-    assert cpu._PASS_ROWS in passes and 1 in passes
-    for (v, kind, nb), rows in zip(seen, passes):
-        assert kind == "cl" and v.strides[0] == v.shape[1] * v.itemsize and nb[1] == 1
-        if rows == 1:
-            assert nb[3] == cpu._AHEAD
-        else:
-            assert nb[3] == rows * v.strides[0] + cpu._PASS_AHEAD
+    assert True in streams and False in streams
+    for (v, kind, nb), stats in zip(seen, streams):
+        assert kind == "cl"
+        if stats:
+            assert nb[3] is None and nb[0] <= cpu._STREAM_ITEMS and nb[0] * nb[1] > 1
+        elif v.size * v.itemsize >= 1 << 20:
+            assert nb[0] * nb[1] > cpu._STREAM_ITEMS and nb[3] is not None
+
+
+@pytest.mark.parametrize("rows", [1, 3, 4, 5, 31, 32, 33, 35, 36, 67])
+def test_channels_last_statistics_every_row_once(rows, rng):
+    """Four streams a quarter of the rows apart, the rows left over by four in the
+    last block: every row counts once, whatever the count (one item, serial), against
+    float64 NumPy; rows of a large offset keep the variance accurate."""
+    C = 5
+    x = (rng.standard_normal((rows, C)) + 1e3).astype(np.float32)
+    count, mean, m2 = cpu.statistics([x], C)
+    x64 = x.astype(np.float64)
+    assert count == rows
+    np.testing.assert_allclose(mean, x64.mean(0), rtol=1e-7)
+    np.testing.assert_allclose(m2, ((x64 - x64.mean(0)) ** 2).sum(0),
+                               rtol=2e-4, atol=1e-9 * rows)
 
 
 def check_inplace(dtype, act, cl, shape, mode, weight_mode, rng):
