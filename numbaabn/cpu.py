@@ -608,9 +608,10 @@ def _sample_centre(x, kc, c0, c1, zero):
 _SAMPLE_SERIAL_MAX = 1 << 17  # elements: a larger sample is read by all threads
 
 
-# The channels-last statistics read each item as four streams a quarter of its rows
-# apart (one row of each a pass: a quarter of the block sums' loads and stores per
-# element), in at most _STREAM_ITEMS items, not prefetched in software. Four adjacent
+# The channels-last reductions (statistics, backward reduce) read each item as four
+# streams a quarter of its rows apart (one row of each a pass: a quarter of the block
+# sums' loads and stores per element), in at most _STREAM_ITEMS items, not prefetched
+# in software. Four adjacent
 # rows a pass (until the sixteenth session) ran 2-2.5x slower than one sequential read
 # on the sixteenth session's AMD EPYC (Zen 4): its hardware prefetcher follows four
 # sequential streams, not lines taken 512 bytes apart in turn (one thread, 51 MB, a
@@ -621,6 +622,10 @@ _SAMPLE_SERIAL_MAX = 1 << 17  # elements: a larger sample is read by all threads
 # (8, 64, 16, 32, 32) 1.54 -> 1.12, (64, 2048, 7, 7) 1.92 -> 1.23 (channels first:
 # 1.20, 1.00, 0.99, 1.67). Prefetching the streams made them slower (1.07 -> 1.40 on
 # the first shape), and so did 64 items (shorter streams: 1.18 -> 1.56 on the second).
+# The backward reduce, one row a pass prefetched in 64 items -> four streams in 8:
+# 1.32-1.40 -> 1.17-1.19 stream passes of z and dz on the first shape (channels first
+# 1.03-1.47), 0.90 on (64, 2048, 7, 7), 1.29 on (64, 3, 224, 224) (channels first 1.09,
+# 1.53).
 _STREAM_ITEMS = 8
 
 
@@ -716,20 +721,36 @@ def _backward_reduce_cl(src, dz, coef, a, ia, lo, from_x, part, scratch, nbm, nb
         for c in range(w):
             p1[c] = 0.0
             p2[c] = 0.0
-        for r0 in range(m0, m1, _ROWS):
+        q = (m1 - m0) // 4  # four streams, as in _statistics_cl
+        for i0 in range(0, q + 1, _ROWS // 4):
             for c in range(w):
                 b1[c] = a - a
                 b2[c] = a - a
-            for m in range(r0, min(r0 + _ROWS, m1)):
-                sr = src[m, c0:c1]
-                dr = dz[m, c0:c1]
-                _ahead(sr, ahead)
-                _ahead(dr, ahead)
+            for m in range(m0 + i0, m0 + min(i0 + _ROWS // 4, q)):
+                s0, s1, s2, s3 = (src[m, c0:c1], src[m + q, c0:c1], src[m + 2 * q, c0:c1],
+                                  src[m + 3 * q, c0:c1])
+                d0, d1, d2, d3 = (dz[m, c0:c1], dz[m + q, c0:c1], dz[m + 2 * q, c0:c1],
+                                  dz[m + 3 * q, c0:c1])
                 for c in range(w):
-                    gr, xh = _grad_and_centred(load(sr[c]), load(dr[c]), h[c], b[c], g[c],
+                    g0, x0 = _grad_and_centred(load(s0[c]), load(d0[c]), h[c], b[c], g[c],
                                                e[c], k[c], f[c], a, ia, lo, from_x)
-                    b1[c] += gr
-                    b2[c] += gr * xh
+                    g1, x1 = _grad_and_centred(load(s1[c]), load(d1[c]), h[c], b[c], g[c],
+                                               e[c], k[c], f[c], a, ia, lo, from_x)
+                    g2, x2 = _grad_and_centred(load(s2[c]), load(d2[c]), h[c], b[c], g[c],
+                                               e[c], k[c], f[c], a, ia, lo, from_x)
+                    g3, x3 = _grad_and_centred(load(s3[c]), load(d3[c]), h[c], b[c], g[c],
+                                               e[c], k[c], f[c], a, ia, lo, from_x)
+                    b1[c] += (g0 + g1) + (g2 + g3)
+                    b2[c] += (g0 * x0 + g1 * x1) + (g2 * x2 + g3 * x3)
+            if i0 + _ROWS // 4 > q:
+                for m in range(m0 + 4 * q, m1):
+                    sr = src[m, c0:c1]
+                    dr = dz[m, c0:c1]
+                    for c in range(w):
+                        gr, xh = _grad_and_centred(load(sr[c]), load(dr[c]), h[c], b[c],
+                                                   g[c], e[c], k[c], f[c], a, ia, lo, from_x)
+                        b1[c] += gr
+                        b2[c] += gr * xh
             for c in range(w):
                 p1[c] += np.float64(b1[c])
                 p2[c] += np.float64(b2[c])
@@ -960,7 +981,7 @@ def _walk(groups, target, whole_rows=False, streams=False):
     """(group, kind, blocks, r) for every group of same-shape views: blocks are the
     walk's (row, channel, position) blocks and its prefetch distance; r > 1 when
     channels-last rows were merged (``_widen``); ``whole_rows``: see ``_blocks_cl``;
-    ``streams``: the channels-last statistics (``_STREAM_ITEMS``)."""
+    ``streams``: the channels-last reductions' walk (``_STREAM_ITEMS``)."""
     for group in groups:
         for g, r in _widen(group, target):
             v = g[0]
@@ -1339,7 +1360,7 @@ def backward_reduce(srcs, dzs, coef, act, a, ia, lo, from_x, stream=None):
     target, par = _plan(_size(srcs), act)
     fam = _scalar.FAMILY[act]
     tiles = {}
-    for (v, d), kind, nb, r in _walk(zip(srcs, dzs), target):
+    for (v, d), kind, nb, r in _walk(zip(srcs, dzs), target, streams=True):
         out = sums if r == 1 else np.zeros((2, r * C))
         _run(_KERNELS["backward_reduce_" + kind, fam], par, v, d, _tiled(coef, r, tiles), a,
              ia, lo, from_x, _partials(v.shape, nb), _scratch(v.shape, nb, coef.dtype), *nb,
@@ -1369,7 +1390,7 @@ def backward_train_one(srcs, dzs, dxs, coef, act, a, ia, lo, from_x, count, w, a
     if len(srcs) != 1:
         return None
     target, par = _plan(srcs[0].size, act)
-    reduce = list(_walk([(srcs[0], dzs[0])], target))
+    reduce = list(_walk([(srcs[0], dzs[0])], target, streams=True))
     apply = list(_walk([(srcs[0], dzs[0], dxs[0])], target, True))
     if len(reduce) != 1 or reduce[0][3] != 1 or len(apply) != 1 or apply[0][3] != 1:
         return None

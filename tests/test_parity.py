@@ -114,7 +114,7 @@ def test_large_tensor_walk_matches_reference(dtype, cl, rng, monkeypatch):
 def spy_walk(monkeypatch, whole_rows_seen=None, streams_seen=None):
     """Record (first view, kind, blocks) of every group ``cpu._walk`` yields (and in
     ``whole_rows_seen`` whether the walk asked for whole rows, in ``streams_seen``
-    whether it was the statistics' walk)."""
+    whether it was the reductions' walk)."""
     seen = []
     walk = cpu._walk
 
@@ -193,10 +193,10 @@ def test_split_channels_last_rows_prefetch_rows_ahead(dtype, rng, monkeypatch):
                          ids=["rows-follow", "split-rows", "odd"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_channels_last_statistics_read_four_streams(dtype, shape, rng, monkeypatch):
-    """The channels-last statistics walk (``streams``) splits a tensor above the
-    parallel threshold into at most ``cpu._STREAM_ITEMS`` row blocks, none prefetched; the
-    other walks of the same tensor keep ``cpu.ITEMS`` items and their prefetch. Items
-    of row counts that are not multiples of four (the odd shape: 97 * 4 * 63 positions
+    """The channels-last reductions' walk (``streams``: statistics, backward reduce)
+    splits a tensor above the parallel threshold into at most ``cpu._STREAM_ITEMS`` row
+    blocks, none prefetched; the element-wise walks of the same tensor keep
+    ``cpu.ITEMS`` items and their prefetch. Items of row counts that are not multiples of four (the odd shape: 97 * 4 * 63 positions
     widened, leftover rows) and the reference: forward and backward against it."""
     if np.prod(shape) < cpu._config.PARALLEL_MIN:
         monkeypatch.setattr(cpu._config, "PARALLEL_MIN", int(np.prod(shape)))
