@@ -13,6 +13,10 @@ variable                   meaning (default)
                            start-up, which on the 2-core VM of BENCHMARKS.md costs
                            60-120 µs a kernel: lower it where threads start cheaply
                            or there are more cores
+``NUMBAABN_PREFETCH``      ``1``: large float32/float64 walks prefetch ahead in
+                           software (``0`` disables; so does the benchmark's
+                           floor pass). It ran ~20% faster on an AVX2 Zen 3 EPYC
+                           and 0-40% slower on a Zen 4 EPYC (BENCHMARKS.md)
 ``NUMBA_THREADING_LAYER``  Numba's own variable; numbaabn works with every layer
 ``OMP_WAIT_POLICY``        set to ``PASSIVE`` by numbaabn unless already set: GNU
                            OpenMP threads (Numba's default layer on Linux) otherwise
@@ -44,9 +48,14 @@ def _read_fastmath(value):
     return flags
 
 
-CACHE = os.environ.get("NUMBAABN_CACHE", "1").strip().lower() not in ("0", "false", "no", "off")
+def _read_switch(value):
+    return value.strip().lower() not in ("0", "false", "no", "off")
+
+
+CACHE = _read_switch(os.environ.get("NUMBAABN_CACHE", "1"))
 FASTMATH = _read_fastmath(os.environ.get("NUMBAABN_FASTMATH", "1"))
 PARALLEL_MIN = int(os.environ.get("NUMBAABN_PARALLEL_MIN", str(1 << 21)))
+PREFETCH = _read_switch(os.environ.get("NUMBAABN_PREFETCH", "1"))
 
 
 def jit_options(parallel):

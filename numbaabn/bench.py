@@ -45,6 +45,7 @@ import numpy as np
 from numba import njit, prange
 
 import numbaabn
+from numbaabn import _config
 from numbaabn.cpu import _AHEAD, _ahead
 
 ROWS = [((32, 128, 56, 56), ("float32", "float16", "float64")),
@@ -61,34 +62,48 @@ PASSES = {"forward-train": 3, "forward-eval": 2, "backward-train": 5, "fused-eva
 READS = {"forward-train": 2, "forward-eval": 1, "backward-train": 2, "fused-eval": 1}
 
 
+# the kernels' prefetch distance, or None with NUMBAABN_PREFETCH=0: the floor's passes
+# prefetch where the kernels do (an argument, not a global: Numba's cache ignores globals)
+_PF = _AHEAD if _config.PREFETCH else None
+
+
 @njit(parallel=True, nogil=True, cache=True)
-def _stream(a, s):
-    """``a *= s`` in place over a 1-D array, in chunks of 1024 elements, each chunk
-    prefetching ahead as the kernels do (``cpu._ahead``): on the machine this was
-    written on, this pass ran ~20% faster than a plain loop (one sequential stream per
-    core keeps too few lines in flight), so it gives the stricter floor."""
+def _stream_pass(a, s, ahead):
     n = a.size
     for t in prange((n + 1023) // 1024):
         r = a[t * 1024:min(t * 1024 + 1024, n)]
-        _ahead(r, _AHEAD)
+        _ahead(r, ahead)
         for i in range(len(r)):
             r[i] = r[i] * s
 
 
+def _stream(a, s):
+    """``a *= s`` in place over a 1-D array, in chunks of 1024 elements, each chunk
+    prefetching ahead as the kernels do (``cpu._ahead``, ``NUMBAABN_PREFETCH``): on the
+    Zen 3 EPYC this ran ~20% faster than a plain loop (one sequential stream per core
+    kept too few lines in flight), so it gave the stricter floor; on the Zen 4 EPYC the
+    plain loop was 2-17% faster, as were the kernels without prefetch."""
+    _stream_pass(a, s, _PF)
+
+
 @njit(parallel=True, nogil=True, cache=True)
-def _read(a):
-    """A read-only pass over a 1-D uint32 array, prefetching as ``_stream`` does (the
-    checksum it returns keeps the loads)."""
+def _read_pass(a, ahead):
     n = a.size
     total = 0
     for t in prange((n + 1023) // 1024):
         r = a[t * 1024:min(t * 1024 + 1024, n)]
-        _ahead(r, _AHEAD)
+        _ahead(r, ahead)
         s = 0
         for i in range(len(r)):
             s += r[i]
         total += s
     return total
+
+
+def _read(a):
+    """A read-only pass over a 1-D uint32 array, prefetching as ``_stream`` does (the
+    checksum it returns keeps the loads)."""
+    return _read_pass(a, _PF)
 
 
 def stream_bandwidth(nbytes, repeats=7):
@@ -382,7 +397,7 @@ def machine():
     info = dict(cpus=os.cpu_count(), numba_threads=int(__import__("numba").get_num_threads()),
                 python=sys.version.split()[0], numpy=np.__version__,
                 numba=__import__("numba").__version__, numbaabn=numbaabn.__version__,
-                scipy_installed=_scipy_installed())
+                scipy_installed=_scipy_installed(), prefetch=_config.PREFETCH)
     try:
         with open("/proc/cpuinfo") as f:
             info["cpu"] = next(line.split(":", 1)[1].strip() for line in f

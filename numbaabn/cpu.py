@@ -1005,8 +1005,9 @@ def _prefetch_bytes(v, row, target, distance):
     conversions, (32, 128, 56, 56), two runs of 9 repeats: NCHW backward-train
     1.47-1.49x -> 1.88-1.96x the floor, NHWC forward-train 2.32-3.35x -> 1.95-2.24x: not
     kept), not for chunks under 512 bytes (a 7x7 row: the prefetch loop in the row loop
-    made (64, 2048, 7, 7) forward-eval 1.4x slower, even where it did not run)."""
-    if not target or v.itemsize < 4 or row * v.itemsize < 512:
+    made (64, 2048, 7, 7) forward-eval 1.4x slower, even where it did not run), nowhere
+    with ``NUMBAABN_PREFETCH=0``."""
+    if not _config.PREFETCH or not target or v.itemsize < 4 or row * v.itemsize < 512:
         return None
     return distance
 

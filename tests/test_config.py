@@ -12,7 +12,8 @@ numbaabn.inplace_abn(x)
 ref = (x0 - x0.mean((0, 2), keepdims=True)) / np.sqrt(x0.var((0, 2), keepdims=True) + 1e-5)
 ref = np.where(ref >= 0, ref, 0.01 * ref)
 assert np.allclose(x, ref, rtol=1e-12, atol=1e-12)
-print(_config.CACHE, sorted(_config.FASTMATH) if _config.FASTMATH else False, _config.PARALLEL_MIN)
+print(_config.CACHE, sorted(_config.FASTMATH) if _config.FASTMATH else False, _config.PARALLEL_MIN,
+      _config.PREFETCH)
 """
 
 
@@ -26,13 +27,14 @@ def run(**env):
 def test_defaults():
     p = run()
     assert p.returncode == 0, p.stderr
-    assert p.stdout.split("\n")[0] == "True ['afn', 'arcp', 'contract', 'nsz', 'reassoc'] 2097152"
+    assert p.stdout.split("\n")[0] == "True ['afn', 'arcp', 'contract', 'nsz', 'reassoc'] 2097152 True"
 
 
 def test_overrides_still_compute_correctly():
-    p = run(NUMBAABN_CACHE="0", NUMBAABN_FASTMATH="0", NUMBAABN_PARALLEL_MIN="1")
+    p = run(NUMBAABN_CACHE="0", NUMBAABN_FASTMATH="0", NUMBAABN_PARALLEL_MIN="1",
+            NUMBAABN_PREFETCH="0")
     assert p.returncode == 0, p.stderr
-    assert p.stdout.strip() == "False False 1"
+    assert p.stdout.strip() == "False False 1 False"
 
 
 def test_unsafe_fastmath_flags_are_refused():

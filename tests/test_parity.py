@@ -111,6 +111,18 @@ def test_large_tensor_walk_matches_reference(dtype, cl, rng, monkeypatch):
         assert seen and all(b == (cpu._AHEAD if cl else cpu._AHEAD_CHUNK) for b in seen)
 
 
+@pytest.mark.parametrize("cl", [False, True], ids=["NCHW", "NHWC"])
+def test_prefetch_switched_off(cl, rng, monkeypatch):
+    """``NUMBAABN_PREFETCH=0`` (``_config.PREFETCH``): no walk prefetches; the results
+    still match the reference."""
+    monkeypatch.setattr(cpu._config, "PREFETCH", False)
+    seen = spy_walk(monkeypatch)
+    shape = (4, 128, 128, 8) if cl else (2, 8, 96, 96)
+    check_inplace(np.float32, "leaky_relu", cl, shape, "train", "signed", rng)
+    assert seen and all(nb[3] is None for _, _, nb in seen)
+    assert any(nb[0] * nb[1] * nb[2] > 1 for _, _, nb in seen)  # the parallel walks
+
+
 def spy_walk(monkeypatch, whole_rows_seen=None, streams_seen=None):
     """Record (first view, kind, blocks) of every group ``cpu._walk`` yields (and in
     ``whole_rows_seen`` whether the walk asked for whole rows, in ``streams_seen``
