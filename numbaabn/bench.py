@@ -62,9 +62,11 @@ PASSES = {"forward-train": 3, "forward-eval": 2, "backward-train": 5, "fused-eva
 READS = {"forward-train": 2, "forward-eval": 1, "backward-train": 2, "fused-eval": 1}
 
 
-# the kernels' prefetch distance, or None with NUMBAABN_PREFETCH=0: the floor's passes
-# prefetch where the kernels do (an argument, not a global: Numba's cache ignores globals)
-_PF = _AHEAD if _config.PREFETCH else None
+def _pf():
+    """The floor's passes prefetch where the kernels do: ``_AHEAD``, or None with
+    ``NUMBAABN_PREFETCH=0`` (an argument of the passes, not a global: Numba's cache
+    ignores globals)."""
+    return _AHEAD if _config.PREFETCH else None
 
 
 @njit(parallel=True, nogil=True, cache=True)
@@ -83,7 +85,7 @@ def _stream(a, s):
     Zen 3 EPYC this ran ~20% faster than a plain loop (one sequential stream per core
     kept too few lines in flight), so it gave the stricter floor; on the Zen 4 EPYC the
     plain loop was 2-17% faster, as were the kernels without prefetch."""
-    _stream_pass(a, s, _PF)
+    _stream_pass(a, s, _pf())
 
 
 @njit(parallel=True, nogil=True, cache=True)
@@ -103,7 +105,7 @@ def _read_pass(a, ahead):
 def _read(a):
     """A read-only pass over a 1-D uint32 array, prefetching as ``_stream`` does (the
     checksum it returns keeps the loads)."""
-    return _read_pass(a, _PF)
+    return _read_pass(a, _pf())
 
 
 def stream_bandwidth(nbytes, repeats=7):

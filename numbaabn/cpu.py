@@ -611,10 +611,10 @@ _SAMPLE_SERIAL_MAX = 1 << 17  # elements: a larger sample is read by all threads
 # The channels-last reductions (statistics, backward reduce) read each item as four
 # streams a quarter of its rows apart (one row of each a pass: a quarter of the block
 # sums' loads and stores per element), in at most _STREAM_ITEMS items, not prefetched
-# in software. Four adjacent
-# rows a pass (until the sixteenth session) ran 2-2.5x slower than one sequential read
-# on the sixteenth session's AMD EPYC (Zen 4): its hardware prefetcher follows four
-# sequential streams, not lines taken 512 bytes apart in turn (one thread, 51 MB, a
+# in software (their walk passes ``ahead`` None). Four adjacent rows a pass (until the
+# sixteenth session) ran 2-2.5x slower than one sequential read on the sixteenth
+# session's AMD EPYC (Zen 4): its hardware prefetcher follows four sequential
+# streams, not lines taken 512 bytes apart in turn (one thread, 51 MB, a
 # plain Numba loop: 9-11 GB/s adjacent, 23-27 GB/s in four streams, 28 GB/s a flat
 # sum). Statistics alone after a restore, 15 alternating calls, in stream passes,
 # adjacent rows prefetched in 64 items -> four streams in 8 items, not prefetched:
@@ -659,10 +659,6 @@ def _statistics_cl(x, shift, part, scratch, nbm, nbc, _nb, ahead, out, zero):
                 xs = x[m + q, c0:c1]
                 xu = x[m + 2 * q, c0:c1]
                 xv = x[m + 3 * q, c0:c1]
-                _ahead(xr, ahead)
-                _ahead(xs, ahead)
-                _ahead(xu, ahead)
-                _ahead(xv, ahead)
                 for c in range(w):
                     d = load(xr[c]) - k[c]
                     e = load(xs[c]) - k[c]
