@@ -259,8 +259,19 @@ backward-train target (1.6x) sits at that bound."""
 
 
 def _cpu_details(m):
-    details = [d for d in (m.get("simd"), m.get("l3_cache") and f"L3 {m['l3_cache']}") if d]
+    details = [d for d in (m.get("llvm_cpu") and f"LLVM `{m['llvm_cpu']}`", m.get("simd"),
+                           m.get("l3_cache") and f"L3 {m['l3_cache']}") if d]
     return f" ({', '.join(details)})" if details else ""
+
+
+def _floor_prefetch(m):
+    if m.get("prefetch", True):
+        return ("The pass prefetches ahead in software as the kernels do (`NUMBAABN_PREFETCH` "
+                "on): on the Zen 3 where this was chosen that ran ~20% faster than a plain "
+                "loop, the stricter floor.")
+    return ("Neither the pass nor the kernels prefetch in software (`NUMBAABN_PREFETCH` "
+            "off, the default on this CPU): here the plain loop is the faster pass, the "
+            "stricter floor.")
 
 
 def section(res, runs=()):
@@ -280,9 +291,7 @@ bandwidth is measured in the same process by a Numba in-place read+write pass
 (`_stream`) over the very arrays the operation touches (x for the forwards; z and dz for
 the backward), restored the same way before each pass, interleaved with the
 operation's repeats, median of the same number of repeats (GB/s column: forward /
-backward). The pass prefetches ahead in software as the kernels do: here that ran
-~20% faster than a plain loop (see "Software prefetch" below), so this floor is
-stricter than one measured with a plain loop (as the tables before it were). "hot" is the ratio to a stricter floor: the best of 7 back-to-back passes
+backward). {_floor_prefetch(m)} "hot" is the ratio to a stricter floor: the best of 7 back-to-back passes
 over one cache-hot array of the input's size, measured before and after the row.
 
 Why the floor is not the hot number: where the data lives decides the bandwidth, and

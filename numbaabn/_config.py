@@ -13,10 +13,14 @@ variable                   meaning (default)
                            start-up, which on the 2-core VM of BENCHMARKS.md costs
                            60-120 µs a kernel: lower it where threads start cheaply
                            or there are more cores
-``NUMBAABN_PREFETCH``      ``1``: large float32/float64 walks prefetch ahead in
-                           software (``0`` disables; so does the benchmark's
-                           floor pass). It ran ~20% faster on an AVX2 Zen 3 EPYC
-                           and 0-40% slower on a Zen 4 EPYC (BENCHMARKS.md)
+``NUMBAABN_PREFETCH``      ``auto``: large float32/float64 walks prefetch ahead in
+                           software where the host CPU (LLVM's name for it) is
+                           one of ``PREFETCH_CPUS``, measured to gain from it:
+                           ``znver3`` (an AVX2 Zen 3 EPYC, ~20% faster); not
+                           elsewhere (a Zen 4 EPYC, ``znver4``, ran 0-40% slower
+                           with it; unmeasured CPUs get their hardware prefetcher
+                           alone). ``1`` / ``0`` force it on / off, for the
+                           kernels and the benchmark's floor pass alike
 ``NUMBA_THREADING_LAYER``  Numba's own variable; numbaabn works with every layer
 ``OMP_WAIT_POLICY``        set to ``PASSIVE`` by numbaabn unless already set: GNU
                            OpenMP threads (Numba's default layer on Linux) otherwise
@@ -52,10 +56,28 @@ def _read_switch(value):
     return value.strip().lower() not in ("0", "false", "no", "off")
 
 
+PREFETCH_CPUS = frozenset({"znver3"})
+
+
+def host_cpu():
+    """LLVM's name for the CPU the kernels are compiled for (Numba's ``NUMBA_CPU_NAME``
+    where set, else the host's: ``znver3``, ``znver4``, ``skylake-avx512``...)."""
+    from numba.core import config
+    import llvmlite.binding as ll
+    name = config.CPU_NAME
+    return name if name and name != "host" else ll.get_host_cpu_name()
+
+
+def _read_prefetch(value, cpu):
+    if value.strip().lower() == "auto":
+        return cpu in PREFETCH_CPUS
+    return _read_switch(value)
+
+
 CACHE = _read_switch(os.environ.get("NUMBAABN_CACHE", "1"))
 FASTMATH = _read_fastmath(os.environ.get("NUMBAABN_FASTMATH", "1"))
 PARALLEL_MIN = int(os.environ.get("NUMBAABN_PARALLEL_MIN", str(1 << 21)))
-PREFETCH = _read_switch(os.environ.get("NUMBAABN_PREFETCH", "1"))
+PREFETCH = _read_prefetch(os.environ.get("NUMBAABN_PREFETCH", "auto"), host_cpu())
 
 
 def jit_options(parallel):

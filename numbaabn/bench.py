@@ -81,10 +81,10 @@ def _stream_pass(a, s, ahead):
 
 def _stream(a, s):
     """``a *= s`` in place over a 1-D array, in chunks of 1024 elements, each chunk
-    prefetching ahead as the kernels do (``cpu._ahead``, ``NUMBAABN_PREFETCH``): on the
-    Zen 3 EPYC this ran ~20% faster than a plain loop (one sequential stream per core
-    kept too few lines in flight), so it gave the stricter floor; on the Zen 4 EPYC the
-    plain loop was 2-17% faster, as were the kernels without prefetch."""
+    prefetching ahead where the kernels do (``cpu._ahead``, ``NUMBAABN_PREFETCH``): on
+    the Zen 3 EPYC the prefetched pass ran ~20% faster than a plain loop (one sequential
+    stream per core kept too few lines in flight), so it gave the stricter floor; on the
+    Zen 4 EPYC the plain loop was 2-17% faster, as were the kernels without prefetch."""
     _stream_pass(a, s, _pf())
 
 
@@ -399,7 +399,8 @@ def machine():
     info = dict(cpus=os.cpu_count(), numba_threads=int(__import__("numba").get_num_threads()),
                 python=sys.version.split()[0], numpy=np.__version__,
                 numba=__import__("numba").__version__, numbaabn=numbaabn.__version__,
-                scipy_installed=_scipy_installed(), prefetch=_config.PREFETCH)
+                scipy_installed=_scipy_installed(), prefetch=_config.PREFETCH,
+                llvm_cpu=_config.host_cpu())
     try:
         with open("/proc/cpuinfo") as f:
             info["cpu"] = next(line.split(":", 1)[1].strip() for line in f

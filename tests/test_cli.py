@@ -58,6 +58,16 @@ def test_bench_run_and_table():
     text = bench.table(r)
     assert "fwd-train" in text and "(4, 8, 8, 8)" in text and "a parallel region" in text
     json.dumps(r)  # serializable for --json
+    # the machine: the prefetch setting in force and the CPU the kernels were compiled for
+    from numbaabn import _config
+    assert r["machine"]["prefetch"] is _config.PREFETCH
+    assert r["machine"]["llvm_cpu"] == _config.host_cpu() and r["machine"]["llvm_cpu"]
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[1] / "benchmarks"))
+    import report
+    for on in (True, False):
+        said = report._floor_prefetch(dict(r["machine"], prefetch=on))
+        assert ("prefetches ahead" in said) is on and ("Neither" in said) is not on
+    assert f"LLVM `{_config.host_cpu()}`" in report._cpu_details(r["machine"])
 
 
 def test_first_call_script_can_hide_scipy():

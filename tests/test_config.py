@@ -13,7 +13,7 @@ ref = (x0 - x0.mean((0, 2), keepdims=True)) / np.sqrt(x0.var((0, 2), keepdims=Tr
 ref = np.where(ref >= 0, ref, 0.01 * ref)
 assert np.allclose(x, ref, rtol=1e-12, atol=1e-12)
 print(_config.CACHE, sorted(_config.FASTMATH) if _config.FASTMATH else False, _config.PARALLEL_MIN,
-      _config.PREFETCH)
+      _config.PREFETCH, _config.host_cpu())
 """
 
 
@@ -27,14 +27,32 @@ def run(**env):
 def test_defaults():
     p = run()
     assert p.returncode == 0, p.stderr
-    assert p.stdout.split("\n")[0] == "True ['afn', 'arcp', 'contract', 'nsz', 'reassoc'] 2097152 True"
+    *line, cpu = p.stdout.split("\n")[0].split(" ")
+    auto = str(cpu in ("znver3",))  # NUMBAABN_PREFETCH=auto: on for the CPUs measured to gain
+    assert " ".join(line) == f"True ['afn', 'arcp', 'contract', 'nsz', 'reassoc'] 2097152 {auto}"
+
+
+def test_prefetch_auto_follows_the_cpu(monkeypatch):
+    """``auto`` prefetches on the CPUs of PREFETCH_CPUS only; other values force it. The
+    CPU is the one Numba compiles for: NUMBA_CPU_NAME where set (not "host")."""
+    from numba.core import config
+    from numbaabn import _config
+    for cpu, setting, want in [("znver3", "auto", True), ("znver4", " AUTO", False),
+                               ("generic", "auto", False), ("znver4", "1", True),
+                               ("znver3", "0", False), ("znver3", "off", False)]:
+        assert _config._read_prefetch(setting, cpu) is want, (cpu, setting)
+    monkeypatch.setattr(config, "CPU_NAME", "znver3")
+    assert _config.host_cpu() == "znver3"
+    monkeypatch.setattr(config, "CPU_NAME", "host")
+    import llvmlite.binding as ll
+    assert _config.host_cpu() == ll.get_host_cpu_name()
 
 
 def test_overrides_still_compute_correctly():
     p = run(NUMBAABN_CACHE="0", NUMBAABN_FASTMATH="0", NUMBAABN_PARALLEL_MIN="1",
             NUMBAABN_PREFETCH="0")
     assert p.returncode == 0, p.stderr
-    assert p.stdout.strip() == "False False 1 False"
+    assert p.stdout.split()[:4] == ["False", "False", "1", "False"]
 
 
 def test_unsafe_fastmath_flags_are_refused():

@@ -93,7 +93,9 @@ def test_widened_rows_are_whole_vector_steps(C):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
 def test_large_tensor_walk_matches_reference(dtype, cl, rng, monkeypatch):
     """A tensor above the parallel threshold: many work items, rows prefetched ahead
-    (``cpu._ahead``; never for float16), forward and backward against the reference."""
+    (``cpu._ahead``, switched on whatever the machine's default; never for float16),
+    forward and backward against the reference."""
+    monkeypatch.setattr(cpu._config, "PREFETCH", True)
     seen = []
     prefetch_bytes = cpu._prefetch_bytes
 
@@ -182,7 +184,8 @@ def test_split_channels_last_rows_prefetch_rows_ahead(dtype, rng, monkeypatch):
     same channels whole rows ahead (``cpu._rows_ahead``), not the bytes past the block
     (the next block's channels). The element-wise passes (forward, backward apply) take
     whole rows, one contiguous piece per item, prefetched ``_AHEAD`` bytes past. Results
-    against the reference."""
+    against the reference. (Prefetch switched on whatever the machine's default.)"""
+    monkeypatch.setattr(cpu._config, "PREFETCH", True)
     shape = (128, 4096)
     whole, streams = [], []
     seen = spy_walk(monkeypatch, whole, streams)
@@ -208,8 +211,11 @@ def test_channels_last_statistics_read_four_streams(dtype, shape, rng, monkeypat
     """The channels-last reductions' walk (``streams``: statistics, backward reduce)
     splits a tensor above the parallel threshold into at most ``cpu._STREAM_ITEMS`` row
     blocks, none prefetched; the element-wise walks of the same tensor keep
-    ``cpu.ITEMS`` items and their prefetch. Items of row counts that are not multiples of four (the odd shape: 97 * 4 * 63 positions
-    widened, leftover rows) and the reference: forward and backward against it."""
+    ``cpu.ITEMS`` items and their prefetch (switched on here whatever the machine's
+    default). Items of row counts that are not multiples of four (the odd shape: 97 * 4 *
+    63 positions widened, leftover rows) and the reference: forward and backward against
+    it."""
+    monkeypatch.setattr(cpu._config, "PREFETCH", True)
     if np.prod(shape) < cpu._config.PARALLEL_MIN:
         monkeypatch.setattr(cpu._config, "PARALLEL_MIN", int(np.prod(shape)))
     streams = []
