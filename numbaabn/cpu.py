@@ -130,7 +130,10 @@ act_inverse = act_grad_from_output = act_grad_from_input = act_forward
 # stream per core keeps few lines in flight: on the 2-core machine this was written on
 # an in-place pass with four concurrent streams per core ran ~20% faster than one.
 # The kernels walk one stream per array and ask for the lines _AHEAD bytes ahead of
-# each chunk instead (a prefetch past the end of an array never faults).
+# each chunk instead (a prefetch past the end of an array never faults). That was a Zen
+# 3 EPYC (znver3); on a Zen 4 EPYC (znver4) the same prefetch made the kernels 0-40%
+# slower, so it runs only where _config.PREFETCH is on (``NUMBAABN_PREFETCH``: by
+# default on the CPUs of ``_config.PREFETCH_CPUS``).
 
 @intrinsic
 def _prefetch(typingctx, arr, offset):
@@ -1002,7 +1005,8 @@ def _prefetch_bytes(v, row, target, distance):
     1.47-1.49x -> 1.88-1.96x the floor, NHWC forward-train 2.32-3.35x -> 1.95-2.24x: not
     kept), not for chunks under 512 bytes (a 7x7 row: the prefetch loop in the row loop
     made (64, 2048, 7, 7) forward-eval 1.4x slower, even where it did not run), nowhere
-    with ``NUMBAABN_PREFETCH=0``."""
+    where ``_config.PREFETCH`` is off (``NUMBAABN_PREFETCH``: 0, or ``auto`` on a CPU
+    not in ``_config.PREFETCH_CPUS``)."""
     if not _config.PREFETCH or not target or v.itemsize < 4 or row * v.itemsize < 512:
         return None
     return distance
