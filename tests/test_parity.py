@@ -150,7 +150,9 @@ def spy_walk(monkeypatch, whole_rows_seen=None, streams_seen=None):
 def test_large_tensor_short_rows_match_reference(dtype, shape, rng, monkeypatch):
     """Channels-first rows of at most ``cpu._BLOCK`` positions above the parallel
     threshold, taken whole by the parallel kernels (7x7: not prefetched; 28x28: rows of
-    3 KB, prefetched), in place and on the standard path, against the reference."""
+    3 KB, prefetched: switched on here whatever the machine's default), in place and on
+    the standard path, against the reference."""
+    monkeypatch.setattr(cpu._config, "PREFETCH", True)
     assert np.prod(shape) >= cpu._config.PARALLEL_MIN and shape[2] * shape[3] <= cpu._BLOCK
     seen = spy_walk(monkeypatch)
     check_inplace(dtype, "leaky_relu", False, shape, "train", "signed", rng)
