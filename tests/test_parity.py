@@ -468,3 +468,23 @@ def test_elu_is_threaded_from_a_sixteenth_of_the_threshold(cl, rng, monkeypatch)
     monkeypatch.setattr(cpu, "forward_train_one", spy)
     check_inplace(np.float32, "elu", cl, shape, "train", "abs", rng)
     assert results and all(r is None for r in results)
+
+
+def test_thread_count_follows_numba(rng, monkeypatch):
+    """``cpu._num_threads`` (Numba's C getter once its threads run, no locks) answers as
+    ``numba.get_num_threads()`` after ``set_num_threads``, so a caller who asks for one
+    thread gets the serial twins; where Numba lacks the private getter it asks Numba."""
+    x = rng.standard_normal((8, 1 << 16)).astype(np.float32)
+    numbaabn.inplace_abn(x)  # Numba's threads are launched from here on
+    n = numba.get_num_threads()
+    try:
+        for k in sorted({1, n}):
+            numba.set_num_threads(k)
+            assert cpu._num_threads() == numba.get_num_threads() == k
+            assert cpu._plan(_config.PARALLEL_MIN) == (cpu.ITEMS, k > 1)
+    finally:
+        numba.set_num_threads(n)
+    calls = []
+    monkeypatch.setattr(cpu, "_numba_parallel", object())
+    monkeypatch.setattr(cpu.numba, "get_num_threads", lambda: calls.append(1) or 3)
+    assert cpu._num_threads() == 3 and calls
