@@ -874,8 +874,8 @@ def _num_threads():
     """``numba.get_num_threads()``, the calling thread's count. Numba's function takes
     two locks on every call, one of them a multiprocessing lock (a semaphore): after the
     copy of a few MB that evicts the caches it took 31-38 µs, against ~5 µs here (warm:
-    0.69 against 0.18 µs), and a training forward asks twice. Once Numba has launched its threads, its C getter
-    alone gives the same answer."""
+    0.69 against 0.18 µs), and a training forward asks twice. Once Numba has launched
+    its threads, its C getter alone gives the same answer."""
     get = getattr(_numba_parallel, "_get_num_threads", None)
     if get is not None and getattr(_numba_parallel, "_is_initialized", False):
         return get()
