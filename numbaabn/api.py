@@ -30,11 +30,7 @@ _INPLACE_NAMES = "'identity' (or None), 'leaky_relu', 'elu'"
 _FIRST = {"NCHW", "NC", "NCL", "NCDHW"}
 _LAST = {"NHWC", "NLC", "NDHWC"}
 _FLOATS = (np.float16, np.float32, np.float64)
-# NumPy's native float dtypes are singletons: an identity test answers for nearly every
-# array. A dtype compared with ``==`` or ``in`` goes through NumPy's conversion code:
-# 2.5-6 µs a test once a copy of a few MB has evicted the caches (as a layer called
-# between two others finds them), a third of that with the identity test first.
-_F16, _F32, _F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
+_F16, _F32, _F64 = cpu._F16, cpu._F32, cpu._F64  # dtype tests by identity first
 
 
 def SIGNED_WEIGHT_MIN(dtype):

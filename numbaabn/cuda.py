@@ -343,8 +343,7 @@ def kernel_view(a):
     return a
 
 
-def compute_dtype(dtype):
-    return np.float64 if np.dtype(dtype) == np.float64 else np.float32
+compute_dtype = cpu.compute_dtype  # float32 arithmetic for float16/float32, float64 for float64
 
 
 def _s(stream):
