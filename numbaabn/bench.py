@@ -1,10 +1,12 @@
 """CPU benchmark against the memory-bandwidth floor: ``python -m numbaabn bench``.
 
 For every row, in one process: each operation is timed after warm-up (median of
-several repeats), with its input restored before each repeat outside the timed
-region, and right after each timed repeat the streaming kernel (a Numba parallel
-kernel that reads and writes an array in place, ``_stream``, with the kernels' software
-prefetch) is timed over the very arrays the operation touches, restored the same way.
+several repeats), with the arrays it reads restored before each repeat outside the
+timed region (the backward's z as well as its dz: rewritten with the same values, so
+that z is where the stream will find it), and right after each timed repeat the
+streaming kernel (a Numba parallel kernel that reads and writes an array in place,
+``_stream``, with the kernels' software prefetch) is timed over the very arrays the
+operation touches, restored the same way.
 The floor of a row is
 
     floor = passes x input bytes / bandwidth,   bandwidth = streamed bytes / median stream time
@@ -276,7 +278,13 @@ def bench_row(shape, dtype, fmt, repeats=7, compare=True):
     fused = numbaabn.InPlaceABN(C, data_format=data_format,
                                 dtype="float64" if dtype == "float64" else "float32").fuse()
     _, saved = numbaabn.inplace_abn_forward(z, w, b, rm, rv, training=True, **kw)
-    restore_x, restore_dz = (lambda: np.copyto(x, x0)), (lambda: np.copyto(dz, dz0))
+    z0 = z.copy()
+    # before every pass, what it reads is rewritten (the same values): the backward
+    # reads z and dz, so both are restored, else the stream timed after it would find z
+    # where the backward had just left it and the backward z where three other
+    # operations had evicted it
+    restore_x, restore_dz = (lambda: np.copyto(x, x0)), (lambda: (np.copyto(z, z0),
+                                                                  np.copyto(dz, dz0)))
     ops = {
         "forward-train": (lambda: numbaabn.inplace_abn_forward(x, w, b, rm, rv, training=True,
                                                                **kw), restore_x, (x,)),
