@@ -443,6 +443,48 @@ def test_one_call_training_forward_equals_the_primitives_bit_for_bit(shape, fmt,
         assert np.array_equal(a, a1)
 
 
+@pytest.mark.parametrize("offset", [0.0, 1e4], ids=["plain", "centred"])
+@pytest.mark.parametrize("act", ["identity", "leaky_relu", "elu"])
+@pytest.mark.parametrize("shape,fmt,one_call", [
+    ((8, 7, 48, 64), "NCHW", True), ((4, 8, 8, 640), "NHWC", True),
+    ((300, 1000), "NCHW", True), ((4, 7, 6, 5), "NCHW", True), ((4, 6, 5, 7), "NHWC", True),
+    ((8, 16, 32, 64), "NHWC", False)])  # rows merged (cpu._widen): the primitives run
+def test_one_call_eval_forward_equals_the_primitives_bit_for_bit(shape, fmt, one_call, act,
+                                                                 offset, rng, monkeypatch):
+    """The one-call eval forward (running statistics) runs ``fill_coefficients`` and the
+    kernel ``forward`` would run, plain where every h is 0 (moderate running means),
+    centred where one channel's offset is large: output and saved coefficients are those
+    of the separate calls (``forward_eval_one`` refused), bit for bit, and match the
+    float64 reference; where the one call applies, ``cpu.forward`` does not run."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the separate forward ran")
+
+    C = shape[-1] if fmt == "NHWC" else shape[1]
+    x0 = rng.standard_normal(shape).astype(np.float32)
+    w, b = rng.standard_normal(C).astype(np.float32), rng.standard_normal(C).astype(np.float32)
+    rm = rng.standard_normal(C).astype(np.float32)
+    rm[1] += offset
+    rv = (rng.random(C) + 0.5).astype(np.float32)
+    (x0.reshape(-1, C) if fmt == "NHWC" else np.moveaxis(x0, 1, 0))[1] += offset
+    results = []
+    for fused in (True, False):
+        with monkeypatch.context() as m:
+            if fused and one_call:
+                m.setattr(cpu, "forward", refuse)
+            if not fused:
+                m.setattr(cpu, "forward_eval_one", lambda *args: None)
+            x = x0.copy()
+            _, saved = numbaabn.inplace_abn_forward(x, w, b, rm, rv, training=False,
+                                                    activation=act, data_format=fmt)
+        results.append((x, saved.coef))
+    for a, a1 in zip(*results):
+        assert np.array_equal(a, a1)
+    assert saved.coef[0].any() == (offset > 0)  # centred only with the large offset
+    want = ref.forward(x0.astype(np.float64), w, b, rm, rv, training=False, activation=act,
+                       channels_last=fmt == "NHWC")[0]
+    assert_close(results[0][0], want, np.float32, "eval forward")
+
+
 @pytest.mark.parametrize("cl", [False, True], ids=["NCHW", "NHWC"])
 def test_elu_is_threaded_from_a_sixteenth_of_the_threshold(cl, rng, monkeypatch):
     """ELU's kernels (an exponential or a logarithm per element) take the threads from
