@@ -366,18 +366,19 @@ def _forward(x, weight, bias, running_mean, running_var, *, training, momentum, 
                                 bias, weight_mode, hook, channels_last, host_params, stream,
                                 act, a, ia, lo)
 
-    # the in-place eval forward in one compiled call (None: see forward_eval_one)
-    if not batch_stats and in_place and not backend.IS_DEVICE:
-        mean = np.asarray(running_mean, dtype=np.float64)
-        var = np.asarray(running_var, dtype=np.float64)
-        if backend.forward_eval_one(views, mean, var, w_arg, b, float(eps), abs_mode, coef,
-                                    rm_arg, rv_arg, act, a, ia, lo):
+    # ---- statistics: the running ones (eval), or a read-only pass over the batch,
+    # merged across workers when synchronized
+    if not batch_stats:
+        mean = np.asarray(_host(running_mean), dtype=np.float64)
+        var = np.asarray(_host(running_var), dtype=np.float64)
+        # the in-place eval forward in one compiled call (None: see forward_eval_one)
+        if in_place and not backend.IS_DEVICE and backend.forward_eval_one(
+                views, mean, var, w_arg, b, float(eps), abs_mode, coef, rm_arg, rv_arg, act,
+                a, ia, lo):
             return caller_x, _saved(backend, x, x, c_axis, in_place, batch_stats, count, coef,
                                     w, bias, weight_mode, hook, channels_last, host_params,
                                     stream, act, a, ia, lo)
-
-    # ---- statistics (read-only pass), merged across workers when synchronized
-    if batch_stats:
+    else:
         count, mean, m2 = backend.statistics(views, C, stream=stream)
         if hook is not None:
             count, mean, m2 = mpi_sync.merge_statistics(hook, count, mean, m2)
@@ -386,9 +387,6 @@ def _forward(x, weight, bias, running_mean, running_var, *, training, momentum, 
                              f"input size {tuple(x.shape)}"
                              + (f" ({count} in all across workers)" if hook else ""))
         var = m2 / count if count else np.zeros(C)
-    else:
-        mean = np.asarray(_host(running_mean), dtype=np.float64)
-        var = np.asarray(_host(running_var), dtype=np.float64)
 
     # ---- coefficients (and the check of the batch statistics)
     if not cpu.fill_coefficients(mean, var, w_arg, b, float(eps), abs_mode, in_place,

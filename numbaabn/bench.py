@@ -283,14 +283,14 @@ def bench_row(shape, dtype, fmt, repeats=7, compare=True):
     # reads z and dz, so both are restored, else the stream timed after it would find z
     # where the backward had just left it and the backward z where three other
     # operations had evicted it
-    restore_x, restore_dz = (lambda: np.copyto(x, x0)), (lambda: (np.copyto(z, z0),
-                                                                  np.copyto(dz, dz0)))
+    restore_x, restore_zdz = (lambda: np.copyto(x, x0)), (lambda: (np.copyto(z, z0),
+                                                                   np.copyto(dz, dz0)))
     ops = {
         "forward-train": (lambda: numbaabn.inplace_abn_forward(x, w, b, rm, rv, training=True,
                                                                **kw), restore_x, (x,)),
         "forward-eval": (lambda: numbaabn.inplace_abn_forward(x, w, b, rm, rv, training=False,
                                                               **kw), restore_x, (x,)),
-        "backward-train": (lambda: numbaabn.inplace_abn_backward(dz, saved), restore_dz,
+        "backward-train": (lambda: numbaabn.inplace_abn_backward(dz, saved), restore_zdz,
                            (z, dz)),
         "fused-eval": (lambda: fused(x), restore_x, (x,)),
     }

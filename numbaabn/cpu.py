@@ -1255,8 +1255,9 @@ def _forward_eval_one(x, mean, var, w, b, eps, abs_mode, coef, rm, rv, a, ia, lo
     """fill_coefficients from running statistics + the in-place forward of one view in
     one compiled call, with the forward's blocks (f0, f1, f2, fa): the kernel
     ``forward`` would run (plain where every h is 0), so its results bit for bit."""
+    # never False without batch statistics
     fill_coefficients(mean, var, w, b, eps, abs_mode, True, False, coef, False, 0.0, rm, rv)
-    for c in range(coef.shape[1]):  # never False without batch statistics
+    for c in range(coef.shape[1]):
         if coef[0, c] != 0:
             _one_forward(x, x, True, coef, a, ia, lo, f0, f1, f2, fa)
             return
