@@ -1087,6 +1087,25 @@ def _fold_tiles(wide, r, out):
         _fold_tiled(wide, out)
 
 
+@njit(cache=_config.CACHE)
+def _tiled_in(a, r):
+    """``_tiled`` in compiled code, for the one-call functions: ``a`` (K, C) itself
+    where r == 1, else a new (K, r * C) array of its rows repeated r times."""
+    return a if r == 1 else _tile(a, r)
+
+
+@njit(cache=_config.CACHE)
+def _folded(wide, C):
+    """(2, C) sums of a walk's (2, W) sums: ``wide`` itself where W == C, else the sums
+    of its tiled copies (rows merged, ``_widen``), added into zeros as ``statistics``
+    and ``backward_reduce`` add them."""
+    if wide.shape[1] == C:
+        return wide
+    out = np.zeros((2, C))
+    _fold_tiled(wide, out)
+    return out
+
+
 def _scratch(shape, nb, dtype):
     """Per-block sums and centres of a walk (compute dtype), (blocks, 3, C)."""
     return np.empty((nb[0] * nb[2], 3, shape[1]), dtype)
@@ -1210,18 +1229,22 @@ _one_apply_plain = None
 
 
 def _forward_train_one(x, first, w, b, eps, abs_mode, coef, update, momentum, rm, rv, a, ia,
-                       lo, zero, s0, s1, s2, sa, f0, f1, f2, fa):
+                       lo, zero, r, s0, s1, s2, sa, f0, f1, f2, fa):
     """statistics + coefficients + running statistics + forward of one view in one
     compiled call: the kernels ``statistics`` and ``forward`` run, with their blocks
     (s0, s1, s2) and (f0, f1, f2) and prefetch distances sa and fa (``_walk``), so the
-    results are theirs bit for bit. Returns (ok, sums): sums[0] the mean, sums[1] the
-    variance; nothing is written where not ok."""
+    results are theirs bit for bit. ``x`` is the walk's view: channels-last rows merged
+    r at a time (``_widen``; ``first`` is the input's first row, C elements), the
+    constants tiled and the sums folded as the primitives do. Returns (ok, sums):
+    sums[0] the mean, sums[1] the variance; nothing is written where not ok."""
     C = coef.shape[1]
+    W = x.shape[1]  # C, or r * C (merged rows)
     shift = np.zeros(C)
     _init_shift(first, shift)
-    sums = np.zeros((2, C))
-    _one_statistics(x, shift, np.empty((s0 * s2, 2, C)), np.empty((s0 * s2, 3, C), coef.dtype),
-                    s0, s1, s2, sa, sums, zero)
+    wide = np.zeros((2, W))
+    _one_statistics(x, _tiled_in(shift.reshape((1, C)), r)[0], np.empty((s0 * s2, 2, W)),
+                    np.empty((s0 * s2, 3, W), coef.dtype), s0, s1, s2, sa, wide, zero)
+    sums = _folded(wide, C)
     count = x.size // C
     _finalize(shift, np.float64(count), sums)
     for c in range(C):
@@ -1229,44 +1252,55 @@ def _forward_train_one(x, first, w, b, eps, abs_mode, coef, update, momentum, rm
     if not fill_coefficients(sums[0], sums[1], w, b, eps, abs_mode, True, True, coef, update,
                              momentum, rm, rv):
         return False, sums
-    _one_forward(x, x, True, coef, a, ia, lo, f0, f1, f2, fa)
+    _one_forward(x, x, True, _tiled_in(coef, r), a, ia, lo, f0, f1, f2, fa)
     return True, sums
 
 
 def _backward_train_one(src, dz, dx, inplace, coef, a, ia, lo, from_x, count, w, abs_mode,
-                        dweight, dbias, r0, r1, r2, ra, p0, p1, p2, pa):
+                        dweight, dbias, rep, r0, r1, r2, ra, p0, p1, p2, pa):
     """backward_reduce + gradient_coefficients + backward_train of one view in one
     compiled call, with the blocks (r0, r1, r2, ra) of the reduce and (p0, p1, p2, pa)
-    of the apply (``_walk``): the primitives' kernels, so their results bit for bit."""
+    of the apply (``_walk``): the primitives' kernels, so their results bit for bit.
+    Channels-last rows merged ``rep`` at a time as in ``_forward_train_one``."""
     C = coef.shape[1]
-    sums = np.zeros((2, C))
-    _one_reduce(src, dz, coef, a, ia, lo, from_x, np.empty((r0 * r2, 2, C)),
-                np.empty((r0 * r2, 3, C), coef.dtype), r0, r1, r2, ra, sums)
+    W = src.shape[1]  # C, or rep * C (merged rows)
+    wide = np.zeros((2, W))
+    _one_reduce(src, dz, _tiled_in(coef, rep), a, ia, lo, from_x, np.empty((r0 * r2, 2, W)),
+                np.empty((r0 * r2, 3, W), coef.dtype), r0, r1, r2, ra, wide)
+    sums = _folded(wide, C)
     gradient_coefficients(coef, sums, count, True, from_x, sums, w, abs_mode, dweight, dbias)
+    ct = _tiled_in(coef, rep)  # again: with the rows gradient_coefficients wrote
     for c in range(C):
         if coef[9, c] != 0:
-            _one_apply(src, dz, dx, inplace, coef, a, ia, lo, from_x, True, p0, p1, p2, pa)
+            _one_apply(src, dz, dx, inplace, ct, a, ia, lo, from_x, True, p0, p1, p2, pa)
             return
-    _one_apply_plain(src, dz, dx, inplace, coef, a, ia, lo, from_x, True, p0, p1, p2, pa)
+    _one_apply_plain(src, dz, dx, inplace, ct, a, ia, lo, from_x, True, p0, p1, p2, pa)
 
 
-def _forward_eval_one(x, mean, var, w, b, eps, abs_mode, coef, rm, rv, a, ia, lo, f0, f1, f2,
-                      fa):
+def _forward_eval_one(x, mean, var, w, b, eps, abs_mode, coef, rm, rv, a, ia, lo, r, f0, f1,
+                      f2, fa):
     """fill_coefficients from running statistics + the in-place forward of one view in
     one compiled call, with the forward's blocks (f0, f1, f2, fa): the kernel
-    ``forward`` would run (plain where every h is 0), so its results bit for bit."""
+    ``forward`` would run (plain where every h is 0), so its results bit for bit.
+    Channels-last rows merged r at a time as in ``_forward_train_one``."""
     # never False without batch statistics
     fill_coefficients(mean, var, w, b, eps, abs_mode, True, False, coef, False, 0.0, rm, rv)
+    ct = _tiled_in(coef, r)
     for c in range(coef.shape[1]):
         if coef[0, c] != 0:
-            _one_forward(x, x, True, coef, a, ia, lo, f0, f1, f2, fa)
+            _one_forward(x, x, True, ct, a, ia, lo, f0, f1, f2, fa)
             return
-    _one_forward_plain(x, x, True, coef, a, ia, lo, f0, f1, f2, fa)
+    _one_forward_plain(x, x, True, ct, a, ia, lo, f0, f1, f2, fa)
 
 
 # (serial, parallel) one-call functions by (layout, family): the training forward, by
 # ("eval", layout, family) the eval forward, and by ("backward", layout, family) the
-# training backward. Not in _KERNELS: they allocate
+# training backward. They run the primitives' kernels with the same blocks, hence the
+# same results, bit for bit where LLVM compiles a kernel alike in both places: linked
+# into a one-call function, a kernel may get a product and a sum contracted into one
+# FMA where alone it does not, or the reverse (seen on merged channels-last rows, with
+# the one call loaded from the disk cache: the last float32 bit of some sums; see
+# tests/test_parity.py). Not in _KERNELS: they allocate
 # (their O(C) sums and blocks' partial sums), which tests/test_inplace_memory.py forbids
 # the kernels
 def _one_twins(fn, suffix, callees):
@@ -1294,12 +1328,12 @@ for _kind in ("cf", "cl"):
 
 
 def _forward_train_small(x, first, w, b, eps, abs_mode, coef, update, momentum, rm, rv, a,
-                         ia, lo, zero):
+                         ia, lo, zero, r):
     """``_forward_train_one`` of a small tensor (one serial item, not prefetched), its
     blocks compiled in: ~1 µs less a call than passing them (8 more arguments to type,
     the item bounds computed at run time)."""
     return _one(x, first, w, b, eps, abs_mode, coef, update, momentum, rm, rv, a, ia, lo,
-                zero, 1, 1, 1, None, 1, 1, 1, None)
+                zero, r, 1, 1, 1, None, 1, 1, 1, None)
 
 
 _SMALL = {key: njit(**_config.jit_options(False))(_clone(
@@ -1351,9 +1385,10 @@ def forward_train_one(views, w, b, eps, abs_mode, coef, update, momentum, rm, rv
                       ia, lo):
     """The in-place training forward in one compiled call (``_forward_train_one``):
     ``(ok, (mean, var))``, nothing written where not ok (non-finite statistics). None
-    where the walk is not one view of unmerged rows (several leaf views, or
-    channels-last rows merged by ``_widen``): then ``statistics`` and ``forward`` run.
-    The caller checks that there is more than one value per channel.
+    where the walk is not one view (several leaf views, or channels-last rows merged by
+    ``_widen`` with rows left over), or where the forward's plan differs from the
+    statistics' (ELU): then ``statistics`` and ``forward`` run. The caller checks that
+    there is more than one value per channel.
 
     One call instead of ``statistics``, ``fill_coefficients`` and ``forward`` saves
     their dispatches and Python: about 10 µs on a small tensor; through the layer,
@@ -1365,25 +1400,26 @@ def forward_train_one(views, w, b, eps, abs_mode, coef, update, momentum, rm, rv
     if _plan(views[0].size, act) != (target, par):  # the forward's walk is another
         return None
     parts = _widen(views, target)  # what _walk splits the view into
-    if len(parts) != 1 or parts[0][1] != 1:
+    if len(parts) != 1:
         return None
-    v = views[0]
+    ((v,), r), = parts
     kind = "cf" if v.ndim == 3 else "cl"
-    first = v[0, :, 0] if kind == "cf" else v[0]
+    first = v[0, :, 0] if kind == "cf" else v[0, :coef.shape[1]]
     key = (kind, _scalar.FAMILY[act])
     if not target:  # one serial item, not prefetched: _walk's blocks, compiled in
         return _SMALL[key](v, first, w, b, eps, abs_mode, coef, update, momentum, rm, rv, a,
-                           ia, lo, coef.dtype.type(0))
+                           ia, lo, coef.dtype.type(0), r)
     nbs = next(_walk([views], target, streams=True))[2]
     nbf = next(_walk([views], target, True))[2]
     return _run(_ONE[key], par, v, first, w, b, eps, abs_mode, coef, update, momentum, rm,
-                rv, a, ia, lo, coef.dtype.type(0), *nbs, *nbf)
+                rv, a, ia, lo, coef.dtype.type(0), r, *nbs, *nbf)
 
 
 def forward_eval_one(views, mean, var, w, b, eps, abs_mode, coef, rm, rv, act, a, ia, lo):
     """The in-place eval forward (running statistics ``mean``, ``var``) in one compiled
     call (``_forward_eval_one``): ``fill_coefficients`` and ``forward``. Returns True,
-    or None where the walk is not one view of unmerged rows: then they run apart.
+    or None where the walk is not one view (several leaf views, merged channels-last
+    rows with rows left over): then they run apart.
     Saves the forward's Python and a dispatch; through the layer, float32, after the
     bench's restore, 41 alternating repeats: (256, 4096) 206 -> 187 µs, (8, 64, 8, 8)
     36.5 -> 27.0 µs."""
@@ -1391,10 +1427,11 @@ def forward_eval_one(views, mean, var, w, b, eps, abs_mode, coef, rm, rv, act, a
         return None
     target, par = _plan(views[0].size, act)
     walk = list(_walk([views], target, True))
-    if len(walk) != 1 or walk[0][3] != 1:
+    if len(walk) != 1:
         return None
-    _run(_ONE["eval", walk[0][1], _scalar.FAMILY[act]], par, views[0], mean, var, w, b, eps,
-         abs_mode, coef, rm, rv, a, ia, lo, *walk[0][2])
+    (v,), kind, nb, r = walk[0]
+    _run(_ONE["eval", kind, _scalar.FAMILY[act]], par, v, mean, var, w, b, eps, abs_mode,
+         coef, rm, rv, a, ia, lo, r, *nb)
     return True
 
 
@@ -1442,20 +1479,21 @@ def backward_train_one(srcs, dzs, dxs, coef, act, a, ia, lo, from_x, count, w, a
     """The training backward (no synchronization) in one compiled call
     (``_backward_train_one``): the gradient sums, ``gradient_coefficients`` (into
     ``coef``, ``dweight``, ``dbias``) and ``dx``. Returns True, or None where the walks
-    are not one view of unmerged rows: then the primitives run. Through the layer,
-    against the primitives, 25-31 alternating repeats: (256, 4096) float32 0.79-0.91
-    of the time (one run 1.01), (64, 2048, 7, 7) 0.83-0.88, (8, 64, 8, 8) 0.68."""
+    are not one view each, merged alike (several leaf views, merged channels-last rows
+    with rows left over, dx's rows not mergeable): then the primitives run. Through the
+    layer, against the primitives, 25-31 alternating repeats: (256, 4096) float32
+    0.79-0.91 of the time (one run 1.01), (64, 2048, 7, 7) 0.83-0.88, (8, 64, 8, 8) 0.68."""
     if len(srcs) != 1:
         return None
     target, par = _plan(srcs[0].size, act)
     reduce = list(_walk([(srcs[0], dzs[0])], target, streams=True))
     apply = list(_walk([(srcs[0], dzs[0], dxs[0])], target, True))
-    if len(reduce) != 1 or reduce[0][3] != 1 or len(apply) != 1 or apply[0][3] != 1:
+    if len(reduce) != 1 or len(apply) != 1 or reduce[0][3] != apply[0][3]:
         return None
-    (v, d), kind, nbr, _ = reduce[0]
-    (_, _, o), _, nba, _ = apply[0]
+    nbr = reduce[0][2]
+    (v, d, o), kind, nba, r = apply[0]  # o is d in place (the same merged view)
     _run(_ONE["backward", kind, _scalar.FAMILY[act]], par, v, d, o, o is d, coef, a, ia, lo,
-         from_x, count, w, abs_mode, dweight, dbias, *nbr, *nba)
+         from_x, count, w, abs_mode, dweight, dbias, r, *nbr, *nba)
     return True
 
 

@@ -39,21 +39,28 @@ def test_functional_identity_of_results():
     assert y is x and dx is dz
 
 
-def test_kernels_allocate_nothing():
+def test_kernels_allocate_nothing(monkeypatch):
     """The compiled kernels (the code that walks the input's elements) contain no heap
     allocation: their temporaries (the O(C) partial sums) are allocated by the Python
     layer, where tracemalloc sees them. Compiled per-channel code allocates its own
     (``fill_coefficients``; ``cpu._ONE``, the one-call training forward and backward,
     which run these kernels: O(blocks x C), blocks <= ``cpu.ITEMS``, whatever the batch
     and spatial size).
-    Kernels are recompiled without the disk cache (cached code has no IR)."""
+    Kernels are recompiled without the disk cache (cached code has no IR). The layer
+    runs once more with the one-call functions refused, so that every kernel is
+    dispatched on its own: where the one-call functions load from the disk cache, their
+    kernels are not compiled in the process, and ``signatures`` would miss them."""
     import numba
 
     from numbaabn import _config
     x = np.random.default_rng(2).standard_normal((2, 3, 4)).astype(np.float32)
-    for fmt in ("NCHW", "NHWC"):
-        layer = numbaabn.InPlaceABN(3 if fmt == "NCHW" else 4, data_format=fmt)
-        layer.backward(np.ones_like(layer(x)))
+    for one_call in (True, False):
+        if not one_call:
+            for name in ("forward_train_one", "forward_eval_one", "backward_train_one"):
+                monkeypatch.setattr(cpu, name, lambda *args: None)
+        for fmt in ("NCHW", "NHWC"):
+            layer = numbaabn.InPlaceABN(3 if fmt == "NCHW" else 4, data_format=fmt)
+            layer.backward(np.ones_like(layer(x)))
     checked = 0
     for name, (serial, _) in cpu._KERNELS.items():
         opts = dict(_config.jit_options(False), cache=False)
