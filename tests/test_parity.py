@@ -383,6 +383,35 @@ def test_training_forward_is_one_compiled_call(dtype, act, cl, size, rng, monkey
         assert np.array_equal(a, a0, equal_nan=True)
 
 
+def one_call_and_primitives(monkeypatch, run, one_call, primitives, extra=()):
+    """[run() through the one-call function ``one_call``, run() through the separate
+    calls]: in the first, the separate ``primitives`` raise (and ``extra``, (name,
+    value) pairs, are patched into cpu); in the second, ``one_call`` gives way."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the separate primitives ran")
+
+    results = []
+    for fused in (True, False):
+        with monkeypatch.context() as m:
+            for name in primitives if fused else ():
+                m.setattr(cpu, name, refuse)
+            for name, value in extra if fused else ():
+                m.setattr(cpu, name, value)
+            if not fused:
+                m.setattr(cpu, one_call, lambda *args: None)
+            results.append(run())
+    return results
+
+
+# (shape, layout, whether the one-call function takes it) of the one-call tests
+ONE_CALL_CASES = [
+    ((8, 7, 48, 64), "NCHW", True), ((4, 8, 8, 640), "NHWC", True),
+    ((300, 1000), "NCHW", True), ((4, 7, 6, 5), "NCHW", True),
+    ((8, 16, 32, 64), "NHWC", True),  # rows merged 8 at a time (cpu._widen), threads
+    ((4, 32, 40, 3), "NHWC", True),  # rows merged 160 at a time, one serial item
+    ((3, 45, 45, 64), "NHWC", False)]  # merged, 3 rows left over: the primitives run
+
+
 def assert_one_call_equal(a, a1, shape, fmt):
     """The one-call result ``a`` equals the primitives' ``a1`` bit for bit; where
     channels-last rows are merged (``cpu._widen``), within 8 float32 ulps of the largest
@@ -404,12 +433,7 @@ def assert_one_call_equal(a, a1, shape, fmt):
 
 @pytest.mark.parametrize("in_place", [True, False], ids=["in_place", "standard"])
 @pytest.mark.parametrize("act", ["leaky_relu", "elu"])
-@pytest.mark.parametrize("shape,fmt,one_call", [
-    ((8, 7, 48, 64), "NCHW", True), ((4, 8, 8, 640), "NHWC", True),
-    ((300, 1000), "NCHW", True), ((4, 7, 6, 5), "NCHW", True),
-    ((8, 16, 32, 64), "NHWC", True),  # rows merged 8 at a time (cpu._widen), threads
-    ((4, 32, 40, 3), "NHWC", True),  # rows merged 160 at a time, one serial item
-    ((3, 45, 45, 64), "NHWC", False)])  # merged, 3 rows left over: the primitives run
+@pytest.mark.parametrize("shape,fmt,one_call", ONE_CALL_CASES)
 def test_one_call_training_backward_equals_the_primitives_bit_for_bit(
         shape, fmt, one_call, act, in_place, rng, monkeypatch):
     """The one-call training backward runs the kernels of ``backward_reduce`` and
@@ -417,33 +441,28 @@ def test_one_call_training_backward_equals_the_primitives_bit_for_bit(
     the primitives (``backward_train_one`` refused), bit for bit, in place and on the
     standard path; where the one call applies (merged channels-last rows too), the
     primitives do not run."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("the separate primitives ran")
-
     x0 = (rng.standard_normal(shape) * 3 + 100).astype(np.float32)
     dz0 = rng.standard_normal(shape).astype(np.float32)
     C = shape[-1] if fmt == "NHWC" else shape[1]
     w, b = rng.standard_normal(C).astype(np.float32), rng.standard_normal(C).astype(np.float32)
-    results, calls, run = [], [], cpu._run
+    calls, run_kernel = [], cpu._run
 
     def spy(twins, parallel, *args):
         calls.append(args)
-        return run(twins, parallel, *args)
+        return run_kernel(twins, parallel, *args)
 
-    for fused in (True, False):
-        with monkeypatch.context() as m:
-            if fused and one_call:
-                m.setattr(cpu, "backward_reduce", refuse)
-                m.setattr(cpu, "backward_train", refuse)
-                m.setattr(cpu, "_run", spy)
-            if not fused:
-                m.setattr(cpu, "backward_train_one", lambda *args: None)
-            layer = (numbaabn.InPlaceABN if in_place else numbaabn.ABN)(
-                C, activation=act, data_format=fmt, dtype="float32")
-            layer.weight[:], layer.bias[:] = w, b
-            layer(x0.copy())
-            dx = layer.backward(dz0.copy())
-        results.append((dx, layer.weight_grad.copy(), layer.bias_grad.copy()))
+    def run():
+        layer = (numbaabn.InPlaceABN if in_place else numbaabn.ABN)(
+            C, activation=act, data_format=fmt, dtype="float32")
+        layer.weight[:], layer.bias[:] = w, b
+        layer(x0.copy())
+        dx = layer.backward(dz0.copy())
+        return dx, layer.weight_grad.copy(), layer.bias_grad.copy()
+
+    results = one_call_and_primitives(
+        monkeypatch, run, "backward_train_one",
+        ("backward_reduce", "backward_train") if one_call else (),
+        (("_run", spy),) if one_call else ())
     for a, a1 in zip(*results):
         assert_one_call_equal(a, a1, shape, fmt)
     if one_call:  # in place, dx is dz: the same (merged) view, so the kernel's in-place loop
@@ -452,12 +471,7 @@ def test_one_call_training_backward_equals_the_primitives_bit_for_bit(
 
 
 @pytest.mark.parametrize("act", ["leaky_relu", "elu"])
-@pytest.mark.parametrize("shape,fmt,one_call", [
-    ((8, 7, 48, 64), "NCHW", True), ((4, 8, 8, 640), "NHWC", True),
-    ((300, 1000), "NCHW", True), ((4, 7, 6, 5), "NCHW", True),
-    ((8, 16, 32, 64), "NHWC", True),  # rows merged 8 at a time (cpu._widen), threads
-    ((4, 32, 40, 3), "NHWC", True),  # rows merged 160 at a time, one serial item
-    ((3, 45, 45, 64), "NHWC", False)])  # merged, 3 rows left over: the primitives run
+@pytest.mark.parametrize("shape,fmt,one_call", ONE_CALL_CASES)
 def test_one_call_training_forward_equals_the_primitives_bit_for_bit(shape, fmt, one_call, act,
                                                                      rng, monkeypatch):
     """The one-call training forward runs the kernels of ``statistics`` and ``forward``
@@ -465,37 +479,28 @@ def test_one_call_training_forward_equals_the_primitives_bit_for_bit(shape, fmt,
     the separate primitives (``forward_train_one`` refused), bit for bit; where the one
     call applies (merged channels-last rows too), ``statistics`` does not run. ELU's
     forward on a tensor of 2**17 elements or more takes its own plan: the primitives."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("the separate statistics ran")
-
     x0 = (rng.standard_normal(shape) * 3 + 100).astype(np.float32)
     C = shape[-1] if fmt == "NHWC" else shape[1]
     w, b = rng.standard_normal(C).astype(np.float32), rng.standard_normal(C).astype(np.float32)
     code = {"leaky_relu": _scalar.LEAKY_RELU, "elu": _scalar.ELU}[act]
     ours = one_call and cpu._plan(x0.size) == cpu._plan(x0.size, code)
-    results = []
-    for fused in (True, False):
-        with monkeypatch.context() as m:
-            if fused and ours:
-                m.setattr(cpu, "statistics", refuse)
-            if not fused:
-                m.setattr(cpu, "forward_train_one", lambda *args: None)
-            x, rm, rv = x0.copy(), np.zeros(C, np.float32), np.ones(C, np.float32)
-            _, saved = numbaabn.inplace_abn_forward(x, w, b, rm, rv, momentum=0.8,
-                                                    activation=act, data_format=fmt)
-        results.append((x, rm, rv, saved.coef))
+
+    def run():
+        x, rm, rv = x0.copy(), np.zeros(C, np.float32), np.ones(C, np.float32)
+        _, saved = numbaabn.inplace_abn_forward(x, w, b, rm, rv, momentum=0.8,
+                                                activation=act, data_format=fmt)
+        return x, rm, rv, saved.coef
+
+    results = one_call_and_primitives(monkeypatch, run, "forward_train_one",
+                                      ("statistics",) if ours else ())
     for a, a1 in zip(*results):
         assert_one_call_equal(a, a1, shape, fmt)
 
 
 @pytest.mark.parametrize("offset", [0.0, 1e4], ids=["plain", "centred"])
 @pytest.mark.parametrize("act", ["identity", "leaky_relu", "elu"])
-@pytest.mark.parametrize("shape,fmt,one_call", [
-    ((8, 7, 48, 64), "NCHW", True), ((4, 8, 8, 640), "NHWC", True),
-    ((300, 1000), "NCHW", True), ((4, 7, 6, 5), "NCHW", True), ((4, 6, 5, 7), "NHWC", True),
-    ((8, 16, 32, 64), "NHWC", True),  # rows merged 8 at a time (cpu._widen), threads
-    ((4, 32, 40, 3), "NHWC", True),  # rows merged 160 at a time, one serial item
-    ((3, 45, 45, 64), "NHWC", False)])  # merged, 3 rows left over: the primitives r])
+@pytest.mark.parametrize("shape,fmt,one_call",
+                         ONE_CALL_CASES + [((4, 6, 5, 7), "NHWC", True)])
 def test_one_call_eval_forward_equals_the_primitives_bit_for_bit(shape, fmt, one_call, act,
                                                                  offset, rng, monkeypatch):
     """The one-call eval forward (running statistics) runs ``fill_coefficients`` and the
@@ -504,9 +509,6 @@ def test_one_call_eval_forward_equals_the_primitives_bit_for_bit(shape, fmt, one
     of the separate calls (``forward_eval_one`` refused), bit for bit, and match the
     float64 reference; where the one call applies (merged channels-last rows too),
     ``cpu.forward`` does not run."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("the separate forward ran")
-
     C = shape[-1] if fmt == "NHWC" else shape[1]
     x0 = rng.standard_normal(shape).astype(np.float32)
     w, b = rng.standard_normal(C).astype(np.float32), rng.standard_normal(C).astype(np.float32)
@@ -514,20 +516,18 @@ def test_one_call_eval_forward_equals_the_primitives_bit_for_bit(shape, fmt, one
     rm[1] += offset
     rv = (rng.random(C) + 0.5).astype(np.float32)
     (x0.reshape(-1, C) if fmt == "NHWC" else np.moveaxis(x0, 1, 0))[1] += offset
-    results = []
-    for fused in (True, False):
-        with monkeypatch.context() as m:
-            if fused and one_call:
-                m.setattr(cpu, "forward", refuse)
-            if not fused:
-                m.setattr(cpu, "forward_eval_one", lambda *args: None)
-            x = x0.copy()
-            _, saved = numbaabn.inplace_abn_forward(x, w, b, rm, rv, training=False,
-                                                    activation=act, data_format=fmt)
-        results.append((x, saved.coef))
+
+    def run():
+        x = x0.copy()
+        _, saved = numbaabn.inplace_abn_forward(x, w, b, rm, rv, training=False,
+                                                activation=act, data_format=fmt)
+        return x, saved.coef
+
+    results = one_call_and_primitives(monkeypatch, run, "forward_eval_one",
+                                      ("forward",) if one_call else ())
     for a, a1 in zip(*results):
         assert_one_call_equal(a, a1, shape, fmt)
-    assert saved.coef[0].any() == (offset > 0)  # centred only with the large offset
+    assert results[0][1][0].any() == (offset > 0)  # centred only with the large offset
     want = ref.forward(x0.astype(np.float64), w, b, rm, rv, training=False, activation=act,
                        channels_last=fmt == "NHWC")[0]
     assert_close(results[0][0], want, np.float32, "eval forward")
