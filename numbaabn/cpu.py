@@ -1399,17 +1399,15 @@ def forward_train_one(views, w, b, eps, abs_mode, coef, update, momentum, rm, rv
     target, par = _plan(views[0].size)
     if _plan(views[0].size, act) != (target, par):  # the forward's walk is another
         return None
-    parts = _widen(views, target)  # what _walk splits the view into
-    if len(parts) != 1:
+    walk = list(_walk([views], target, streams=True))  # the statistics' walk
+    if len(walk) != 1:
         return None
-    ((v,), r), = parts
-    kind = "cf" if v.ndim == 3 else "cl"
+    (v,), kind, nbs, r = walk[0]
     first = v[0, :, 0] if kind == "cf" else v[0, :coef.shape[1]]
     key = (kind, _scalar.FAMILY[act])
     if not target:  # one serial item, not prefetched: _walk's blocks, compiled in
         return _SMALL[key](v, first, w, b, eps, abs_mode, coef, update, momentum, rm, rv, a,
                            ia, lo, coef.dtype.type(0), r)
-    nbs = next(_walk([views], target, streams=True))[2]
     nbf = next(_walk([views], target, True))[2]
     return _run(_ONE[key], par, v, first, w, b, eps, abs_mode, coef, update, momentum, rm,
                 rv, a, ia, lo, coef.dtype.type(0), r, *nbs, *nbf)

@@ -465,9 +465,9 @@ def test_one_call_training_backward_equals_the_primitives_bit_for_bit(
         (("_run", spy),) if one_call else ())
     for a, a1 in zip(*results):
         assert_one_call_equal(a, a1, shape, fmt)
-    if one_call:  # in place, dx is dz: the same (merged) view, so the kernel's in-place loop
-        assert calls[-1][3] is (in_place and calls[-1][2] is calls[-1][1])
-        assert calls[-1][3] == in_place
+    if one_call:  # in place, dx is dz's own (merged) view: the kernel's in-place loop runs
+        _, dz, dx, inplace = calls[-1][:4]
+        assert inplace == in_place and (dx is dz) == in_place
 
 
 @pytest.mark.parametrize("act", ["leaky_relu", "elu"])
