@@ -151,13 +151,22 @@ def test_large_tensor_short_rows_match_reference(dtype, shape, rng, monkeypatch)
     """Channels-first rows of at most ``cpu._BLOCK`` positions above the parallel
     threshold, taken whole by the parallel kernels (7x7: not prefetched; 28x28: rows of
     3 KB, prefetched: switched on here whatever the machine's default), in place and on
-    the standard path, against the reference."""
+    the standard path, against the reference. Every item is one contiguous piece of
+    memory (whole samples, or channels of one sample); the reductions (statistics,
+    backward reduce) walk in at most ``cpu._STREAM_ITEMS`` items."""
     monkeypatch.setattr(cpu._config, "PREFETCH", True)
     assert np.prod(shape) >= cpu._config.PARALLEL_MIN and shape[2] * shape[3] <= cpu._BLOCK
-    seen = spy_walk(monkeypatch)
+    streams = []
+    seen = spy_walk(monkeypatch, streams_seen=streams)
     check_inplace(dtype, "leaky_relu", False, shape, "train", "signed", rng)
     assert seen and all(kind == "cf" and nb[0] * nb[1] > 1 for _, kind, nb in seen)
     assert all((nb[3] is None) == (shape[2] == 7) for _, _, nb in seen)
+    assert True in streams and False in streams
+    for (v, _, nb), stats in zip(seen, streams):
+        N, C, S = v.shape
+        assert nb[0] * nb[1] * nb[2] == (cpu._STREAM_ITEMS if stats else cpu.ITEMS)
+        assert nb[1] == 1 or nb[0] == N  # channel blocks only within one sample
+        assert nb[2] == 1  # rows this short are never split
 
     C = shape[1]
     layer = make_layer(numbaabn.ABN, C, dtype, "elu", False, "train", "signed")
