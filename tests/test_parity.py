@@ -168,8 +168,14 @@ def test_large_tensor_short_rows_match_reference(dtype, shape, rng, monkeypatch)
         assert nb[1] == 1 or nb[0] == N  # channel blocks only within one sample
         assert nb[2] == 1  # rows this short are never split
 
-    C = shape[1]
-    layer = make_layer(numbaabn.ABN, C, dtype, "elu", False, "train", "signed")
+    check_standard(dtype, "elu", False, shape, rng)
+
+
+def check_standard(dtype, act, cl, shape, rng):
+    """ABN (the standard path: out of place) in training, offset data, against the
+    reference; x and dz untouched."""
+    layer = make_layer(numbaabn.ABN, channels_of(shape, cl), dtype, act, cl, "train",
+                       "signed")
     init_params(layer, rng, "signed")
     p = [a.copy() for a in (layer.weight, layer.bias, layer.running_mean, layer.running_var)]
     x0 = (rng.standard_normal(shape) * 2 + 3).astype(dtype)
@@ -177,8 +183,8 @@ def test_large_tensor_short_rows_match_reference(dtype, shape, rng, monkeypatch)
     x, dz = x0.copy(), dz0.copy()
     y = layer(x)
     assert y is not x and np.array_equal(x, x0)
-    z_ref, _, _, ctx = ref.forward(x0, *p, training=True, activation="elu",
-                                   channels_last=False, weight_mode="signed")
+    z_ref, _, _, ctx = ref.forward(x0, *p, training=True, activation=act,
+                                   channels_last=cl, weight_mode="signed")
     assert_close(y, z_ref, dtype, "forward")
     dx = layer.backward(dz)
     assert dx is not dz and np.array_equal(dz, dz0)
@@ -186,6 +192,28 @@ def test_large_tensor_short_rows_match_reference(dtype, shape, rng, monkeypatch)
     assert_close(dx, dx_ref, dtype, "dx")
     assert_sums_close(layer.weight_grad, dw_ref, ctx["abs_sums"][1], dtype, "dweight")
     assert_sums_close(layer.bias_grad, db_ref, ctx["abs_sums"][0], dtype, "dbias")
+
+
+@pytest.mark.parametrize("shape", [(21, 2100), (4, 8, 16, 2056)], ids=["serial", "threads"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_wide_channels_last_rows_forward_in_chunks(dtype, shape, rng, monkeypatch):
+    """Channels-last items at least ``cpu._CHUNKED_MIN`` channels wide: the centred
+    forward walks groups of ``cpu._GROUP`` rows ``cpu._CHUNK`` channels at a time, with
+    rows left over after the last group and a last chunk narrower than the others (one
+    serial item; 64 items of 8 rows with threads). In place (leaky ReLU) and on the
+    standard path (ELU), in training, against the reference."""
+    M, C = int(np.prod(shape[:-1])), shape[-1]
+    assert C >= cpu._CHUNKED_MIN and C % cpu._CHUNK
+    if M * C < cpu._config.PARALLEL_MIN:
+        assert M % cpu._GROUP and M > cpu._GROUP  # one item: groups and rows left over
+    else:
+        assert M // cpu.ITEMS >= cpu._GROUP  # whole-row items of a group or more
+    whole = []
+    seen = spy_walk(monkeypatch, whole_rows_seen=whole)
+    check_inplace(dtype, "leaky_relu", True, shape, "train", "signed", rng)
+    check_standard(dtype, "elu", True, shape, rng)
+    forwards = [nb for (v, kind, nb), w in zip(seen, whole) if w and kind == "cl"]
+    assert forwards and forwards[0][1] == 1  # the in-place forward: items of whole rows
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
