@@ -531,12 +531,14 @@ def _backward_reduce_cf(src, dz, coef, a, ia, lo, from_x, part, scratch, nbn, nb
     _fold(part, out)
 
 
-def _apply_row(sr, dr, xr, dx, cc, a, ia, lo, from_x, train):
-    """One row of the backward's write pass: ``xr = P g + Q' (v - m) + R'`` (``train``)
-    or ``P g``. ``cc`` holds the coefficients (h, g, e, P, Q', R', m: rows 0, 2, 3, 4, 5,
+def _apply_rows(srs, drs, xrs, dx, cc, a, ia, lo, from_x, train):
+    """Rows of the backward's write pass: ``xr = P g + Q' (v - m) + R'`` (``train``) or
+    ``P g`` for each row of the tuples ``srs``, ``drs``, ``xrs`` (one row, or four with
+    the same channels: each channel's coefficients are loaded once for them, see
+    _JAM_MIN). ``cc`` holds the coefficients (h, g, e, P, Q', R', m: rows 0, 2, 3, 4, 5,
     6, 9): scalars for a channels-first row, per-channel slices for a channels-last one
     (``_at`` picks).
-    In place, the caller passes ``dr`` as ``xr``: loads and stores then go through one
+    In place, the caller passes ``drs`` as ``xrs``: loads and stores then go through one
     reference and LLVM vectorizes without a runtime alias check (which would fail and
     take the scalar loop: 2x slower)."""
     h, g, e, p, q, r, m = cc
@@ -544,22 +546,27 @@ def _apply_row(sr, dr, xr, dx, cc, a, ia, lo, from_x, train):
     # case: with from_x tested per element LLVM kept both paths (1.9 stream passes
     # instead of 1.1, channels first)
     if train and from_x:
-        for i in range(len(xr)):
-            sv = load(sr[i])
-            xr[i] = store(_at(p, i) * _grad(sv, load(dr[i]), _at(h, i), _at(g, i), _at(e, i),
-                                            a, True)
-                          + _at(q, i) * _centred(sv, _at(m, i)) + _at(r, i), dx)
+        for i in range(len(srs[0])):
+            hi, gi, ei, pi, qi, ri, mi = (_at(h, i), _at(g, i), _at(e, i), _at(p, i),
+                                          _at(q, i), _at(r, i), _at(m, i))
+            for k in range(len(srs)):
+                sv = load(srs[k][i])
+                xrs[k][i] = store(pi * _grad(sv, load(drs[k][i]), hi, gi, ei, a, True)
+                                  + qi * _centred(sv, mi) + ri, dx)
     elif train:
-        for i in range(len(xr)):
-            sv = load(sr[i])
-            xr[i] = store(_at(p, i) * _grad(sv, load(dr[i]), _at(h, i), _at(g, i), _at(e, i),
-                                            a, False)
-                          + _at(q, i) * _centred(act_inverse(sv, ia, lo), _at(m, i))
-                          + _at(r, i), dx)
+        for i in range(len(srs[0])):
+            hi, gi, ei, pi, qi, ri, mi = (_at(h, i), _at(g, i), _at(e, i), _at(p, i),
+                                          _at(q, i), _at(r, i), _at(m, i))
+            for k in range(len(srs)):
+                sv = load(srs[k][i])
+                xrs[k][i] = store(pi * _grad(sv, load(drs[k][i]), hi, gi, ei, a, False)
+                                  + qi * _centred(act_inverse(sv, ia, lo), mi) + ri, dx)
     else:
-        for i in range(len(xr)):
-            xr[i] = store(_at(p, i) * _grad(load(sr[i]), load(dr[i]), _at(h, i), _at(g, i),
-                                            _at(e, i), a, from_x), dx)
+        for i in range(len(srs[0])):
+            hi, gi, ei, pi = _at(h, i), _at(g, i), _at(e, i), _at(p, i)
+            for k in range(len(srs)):
+                xrs[k][i] = store(pi * _grad(load(srs[k][i]), load(drs[k][i]), hi, gi, ei, a,
+                                             from_x), dx)
 
 
 def _backward_apply_cf(src, dz, dx, inplace, coef, a, ia, lo, from_x, train, nbn, nbc, nbs,
@@ -576,17 +583,20 @@ def _backward_apply_cf(src, dz, dx, inplace, coef, a, ia, lo, from_x, train, nbn
                     dr = dz[n, c]
                     _ahead(sr, ahead)
                     _ahead(dr, ahead)
+                    drs = (dr,)
                     if inplace:
-                        _apply_row(sr, dr, dr, dx, cc, a, ia, lo, from_x, train)
+                        _apply_rows((sr,), drs, drs, dx, cc, a, ia, lo, from_x, train)
                     else:
-                        _apply_row(sr, dr, dx[n, c], dx, cc, a, ia, lo, from_x, train)
+                        _apply_rows((sr,), drs, (dx[n, c],), dx, cc, a, ia, lo, from_x, train)
                     continue
                 for j0 in range(s0, s1, _BLOCK):
                     j1, sr, dr = _chunk_pair(src, dz, n, c, j0, s1, ahead)
+                    drs = (dr,)
                     if inplace:
-                        _apply_row(sr, dr, dr, dx, cc, a, ia, lo, from_x, train)
+                        _apply_rows((sr,), drs, drs, dx, cc, a, ia, lo, from_x, train)
                     else:
-                        _apply_row(sr, dr, dx[n, c, j0:j1], dx, cc, a, ia, lo, from_x, train)
+                        _apply_rows((sr,), drs, (dx[n, c, j0:j1],), dx, cc, a, ia, lo, from_x,
+                                    train)
 
 
 # ---- channels last: views (M, C) ---------------------------------------------------
@@ -694,53 +704,56 @@ def _statistics_cl(x, shift, part, scratch, nbm, nbc, _nb, ahead, out, zero):
     _fold(part, out)
 
 
-def _forward_rows(x, out, inplace, coef, a, m0, m1, c0, c1, ahead):
-    """Rows m0:m1, channels c0:c1 of the channels-last forward."""
-    h = coef[0, c0:c1]
-    g = coef[2, c0:c1]
-    e = coef[3, c0:c1]
-    for m in range(m0, m1):
-        xr = x[m, c0:c1]
-        _ahead(xr, ahead)
-        if inplace:
-            for c in range(c1 - c0):
-                xr[c] = store(act_forward(_centred(load(xr[c]), h[c]) * g[c] + e[c], a), x)
-        else:
-            orow = out[m, c0:c1]
-            for c in range(c1 - c0):
-                orow[c] = store(act_forward(_centred(load(xr[c]), h[c]) * g[c] + e[c], a),
-                                out)
+def _forward_rows(xs, os, inplace, h, g, e, a, out):
+    """The channels-last forward of the rows of the tuple ``xs`` (one row, or four with
+    the same channels: each channel's constants are loaded once for them, see _JAM_MIN)
+    into the rows of ``os``; in place ``os`` is not used, and loads and stores go
+    through one reference (no runtime alias check, see _apply_rows)."""
+    if inplace:
+        for c in range(len(xs[0])):
+            hc, gc, ec = h[c], g[c], e[c]
+            for k in range(len(xs)):
+                xs[k][c] = store(act_forward(_centred(load(xs[k][c]), hc) * gc + ec, a), out)
+    else:
+        for c in range(len(xs[0])):
+            hc, gc, ec = h[c], g[c], e[c]
+            for k in range(len(xs)):
+                os[k][c] = store(act_forward(_centred(load(xs[k][c]), hc) * gc + ec, a), out)
 
 
-# The centred forward on wide channels-last rows (an item at least _CHUNKED_MIN
-# channels wide: 2048 and 4096 channels, not merged) walks groups of _GROUP rows
-# _CHUNK channels at a time, so that the chunk's three constants (6 KB) are read from
-# L1 by all the group's rows; whole rows read 24-48 KB of constants a row. The
-# element-wise results are the same. The kernel alone after a restore, whole rows ->
-# chunks: (256, 4096) (one serial item) 172-231 -> 145-212 µs in four probes,
-# (3136, 2048) (64 items) 2.11-3.00 -> 1.49-1.86 stream passes in three; through the
-# layer's training forward, (256, 4096) 310-384 -> 263-350 µs in four, (64, 7, 7, 2048)
-# unchanged within the noise. On 512 and 1024 channels (serial, in cache) the chunks
-# were slower, and plain (two constants) rows are not chunked.
-_CHUNKED_MIN = 2048
-_GROUP = 8
-_CHUNK = 512
+# The element-wise passes on wide channels-last rows (an item at least _JAM_MIN
+# channels wide: 2048 and 4096 channels, not merged) walk four rows at a time, each
+# channel's constants loaded once for the four: a whole row's constants (16-56 KB) do
+# not stay in L1 while the rows stream through it (the same kernel ran 0.9-1.1 stream
+# passes on (3136, 2048) with the constants of 512 channels repeated, 1.7-1.8 with the
+# row's own). The kernels alone after a restore, 15-31 alternating calls, 3-4 runs, in
+# stream passes, one row (plain forward and the apply; the centred forward in groups of
+# 8 rows 512 channels at a time, the twenty-first session's) -> four rows:
+# (3136, 2048) plain forward 1.62-1.70 -> 1.41-1.61, centred 1.84-2.44 -> 1.45-1.84,
+# backward apply 1.25-1.33 -> 1.08-1.12; (256, 4096) (one serial item) the forwards
+# unchanged within the noise (1.41-2.22 and 1.30-1.80), the apply 1.47-1.91 -> 1.03-1.93
+# (three runs of four 1.03-1.31). A plain Numba forward on (6272, 1024): 1.31-1.67 ->
+# 1.27-1.54; on merged rows of 512 four rows were 1.5-1.9x slower (lines 2 KB apart in
+# turn, not one sequential stream): 1024 channels keep one row at a time.
+_JAM_MIN = 2048
 
 
 def _forward_cl(x, out, inplace, coef, a, ia, lo, nbm, nbc, _nb, ahead):
     M, C = x.shape
     for t in prange(nbm * nbc):
         jm, m0, m1, c0, c1 = _item_cl(t, M, C, nbm, nbc)
-        if not _CENTRED or c1 - c0 < _CHUNKED_MIN:
-            _forward_rows(x, out, inplace, coef, a, m0, m1, c0, c1, ahead)
-            continue
+        h, g, e = coef[0, c0:c1], coef[2, c0:c1], coef[3, c0:c1]
         m = m0
-        while m + _GROUP <= m1:
-            for j0 in range(c0, c1, _CHUNK):
-                _forward_rows(x, out, inplace, coef, a, m, m + _GROUP, j0,
-                              min(j0 + _CHUNK, c1), ahead)
-            m += _GROUP
-        _forward_rows(x, out, inplace, coef, a, m, m1, c0, c1, ahead)
+        if c1 - c0 >= _JAM_MIN:
+            while m + 4 <= m1:
+                xs = (x[m, c0:c1], x[m + 1, c0:c1], x[m + 2, c0:c1], x[m + 3, c0:c1])
+                _forward_rows(xs, (out[m, c0:c1], out[m + 1, c0:c1], out[m + 2, c0:c1],
+                                   out[m + 3, c0:c1]), inplace, h, g, e, a, out)
+                m += 4
+        for m in range(m, m1):
+            xr = x[m, c0:c1]
+            _ahead(xr, ahead)
+            _forward_rows((xr,), (out[m, c0:c1],), inplace, h, g, e, a, out)
 
 
 def _backward_reduce_cl(src, dz, coef, a, ia, lo, from_x, part, scratch, nbm, nbc, _nb, ahead,
@@ -799,15 +812,26 @@ def _backward_apply_cl(src, dz, dx, inplace, coef, a, ia, lo, from_x, train, nbm
         jm, m0, m1, c0, c1 = _item_cl(t, M, C, nbm, nbc)
         cc = (coef[0, c0:c1], coef[2, c0:c1], coef[3, c0:c1], coef[4, c0:c1], coef[5, c0:c1],
               coef[6, c0:c1], coef[9, c0:c1])
-        for m in range(m0, m1):
+        m = m0
+        if c1 - c0 >= _JAM_MIN:
+            while m + 4 <= m1:
+                srs = (src[m, c0:c1], src[m + 1, c0:c1], src[m + 2, c0:c1], src[m + 3, c0:c1])
+                drs = (dz[m, c0:c1], dz[m + 1, c0:c1], dz[m + 2, c0:c1], dz[m + 3, c0:c1])
+                if inplace:
+                    _apply_rows(srs, drs, drs, dx, cc, a, ia, lo, from_x, train)
+                else:
+                    _apply_rows(srs, drs, (dx[m, c0:c1], dx[m + 1, c0:c1], dx[m + 2, c0:c1],
+                                           dx[m + 3, c0:c1]), dx, cc, a, ia, lo, from_x, train)
+                m += 4
+        for m in range(m, m1):
             sr = src[m, c0:c1]
-            dr = dz[m, c0:c1]
+            drs = (dz[m, c0:c1],)
             _ahead(sr, ahead)
-            _ahead(dr, ahead)
+            _ahead(drs[0], ahead)
             if inplace:
-                _apply_row(sr, dr, dr, dx, cc, a, ia, lo, from_x, train)
+                _apply_rows((sr,), drs, drs, dx, cc, a, ia, lo, from_x, train)
             else:
-                _apply_row(sr, dr, dx[m, c0:c1], dx, cc, a, ia, lo, from_x, train)
+                _apply_rows((sr,), drs, (dx[m, c0:c1],), dx, cc, a, ia, lo, from_x, train)
 
 
 def _clone(fn, suffix, overrides):
@@ -833,7 +857,7 @@ def _family(name, centred=True):
     ov["_CENTRED"] = centred
     ov["_centred"] = _inline(_clone(_centred, "_" + tag, ov))
     for helper in (_forward_chunk, _forward_rows, _grad_and_centred, _grad_sums, _grad,
-                   _apply_row):
+                   _apply_rows):
         ov[helper.__name__] = _inline(_clone(helper, "_" + tag, ov))
     return ov
 
