@@ -531,6 +531,21 @@ def _backward_reduce_cf(src, dz, coef, a, ia, lo, from_x, part, scratch, nbn, nb
     _fold(part, out)
 
 
+def _train_rows(srs, drs, xrs, dx, cc, a, ia, lo, from_x):
+    """The training rows of _apply_rows: dx = P g + Q' (v - m) + R', v = x (standard,
+    ``from_x``) or y (in place, recovered by the activation's inverse); called with a
+    literal ``from_x``, so that each call compiles one path."""
+    h, g, e, p, q, r, m = cc
+    for i in range(len(srs[0])):
+        hi, gi, ei, pi, qi, ri, mi = (_at(h, i), _at(g, i), _at(e, i), _at(p, i), _at(q, i),
+                                      _at(r, i), _at(m, i))
+        for k in range(len(srs)):
+            sv = load(srs[k][i])
+            v = sv if from_x else act_inverse(sv, ia, lo)
+            xrs[k][i] = store(pi * _grad(sv, load(drs[k][i]), hi, gi, ei, a, from_x)
+                              + qi * _centred(v, mi) + ri, dx)
+
+
 def _apply_rows(srs, drs, xrs, dx, cc, a, ia, lo, from_x, train):
     """Rows of the backward's write pass: ``xr = P g + Q' (v - m) + R'`` (``train``) or
     ``P g`` for each row of the tuples ``srs``, ``drs``, ``xrs`` (one row, or four with
@@ -542,25 +557,12 @@ def _apply_rows(srs, drs, xrs, dx, cc, a, ia, lo, from_x, train):
     reference and LLVM vectorizes without a runtime alias check (which would fail and
     take the scalar loop: 2x slower)."""
     h, g, e, p, q, r, m = cc
-    # dx = P g + Q' (v - m) + R' with v = x (standard) or y (in place); one loop per
-    # case: with from_x tested per element LLVM kept both paths (1.9 stream passes
-    # instead of 1.1, channels first)
+    # one loop per case, from_x a literal in each (_train_rows): with from_x tested per
+    # element LLVM kept both paths (1.9 stream passes instead of 1.1, channels first)
     if train and from_x:
-        for i in range(len(srs[0])):
-            hi, gi, ei, pi, qi, ri, mi = (_at(h, i), _at(g, i), _at(e, i), _at(p, i),
-                                          _at(q, i), _at(r, i), _at(m, i))
-            for k in range(len(srs)):
-                sv = load(srs[k][i])
-                xrs[k][i] = store(pi * _grad(sv, load(drs[k][i]), hi, gi, ei, a, True)
-                                  + qi * _centred(sv, mi) + ri, dx)
+        _train_rows(srs, drs, xrs, dx, cc, a, ia, lo, True)
     elif train:
-        for i in range(len(srs[0])):
-            hi, gi, ei, pi, qi, ri, mi = (_at(h, i), _at(g, i), _at(e, i), _at(p, i),
-                                          _at(q, i), _at(r, i), _at(m, i))
-            for k in range(len(srs)):
-                sv = load(srs[k][i])
-                xrs[k][i] = store(pi * _grad(sv, load(drs[k][i]), hi, gi, ei, a, False)
-                                  + qi * _centred(act_inverse(sv, ia, lo), mi) + ri, dx)
+        _train_rows(srs, drs, xrs, dx, cc, a, ia, lo, False)
     else:
         for i in range(len(srs[0])):
             hi, gi, ei, pi = _at(h, i), _at(g, i), _at(e, i), _at(p, i)
@@ -857,7 +859,7 @@ def _family(name, centred=True):
     ov["_CENTRED"] = centred
     ov["_centred"] = _inline(_clone(_centred, "_" + tag, ov))
     for helper in (_forward_chunk, _forward_rows, _grad_and_centred, _grad_sums, _grad,
-                   _apply_rows):
+                   _train_rows, _apply_rows):
         ov[helper.__name__] = _inline(_clone(helper, "_" + tag, ov))
     return ov
 
