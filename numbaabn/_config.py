@@ -34,6 +34,9 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from numba.core import ir_utils as _ir_utils  # noqa: E402 (after the variable above)
+from numba.core.compiler_lock import global_compiler_lock as _compiler_lock  # noqa: E402
+
 _SAFE_FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
 
 
@@ -84,3 +87,27 @@ def jit_options(parallel):
     """Keyword arguments for ``numba.njit`` of a kernel (serial or parallel twin)."""
     return dict(cache=CACHE, fastmath=FASTMATH, nogil=True, parallel=parallel,
                 error_model="numpy")
+
+
+# Numba (0.68) numbers the blocks of its IR with one process-wide counter, and an
+# inline="always" call offsets the callee's labels by it, labels that the callee's own
+# inlined calls had already offset by it: the counter doubles with each level of
+# nesting, in every compilation. The kernels here nest 4-6 levels (kernel, rows,
+# gradient, activation, load...): the counter grew ~17 decimal digits per
+# specialization compiled (a training forward and backward of one dtype, layout and
+# activation), and LLVM refuses names over 1024 characters ("name is too long": the
+# block labels are "B<counter>"), so a process that had compiled ~60 of them (the
+# test suite) could compile no more. Labels need only be unique within one
+# function's IR, and a compilation offsets every IR it takes in (inlined, cached)
+# past its own labels, so between compilations the counter can start again from 0.
+LABELS_MAX = 10 ** 30
+
+
+def restart_labels():
+    """Set Numba's block-label counter back to 0 where it is above ``LABELS_MAX`` and
+    no compilation is running (called before the kernels that may compile)."""
+    label = _ir_utils._the_max_label
+    if label._value <= LABELS_MAX or _compiler_lock.is_locked():  # or: mid-compilation
+        return
+    with _compiler_lock:  # waits for another thread's compilation
+        label._value = 0

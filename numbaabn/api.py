@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 
-from . import _scalar, cpu, mpi_sync
+from . import _config, _scalar, cpu, mpi_sync
 
 __all__ = [
     "inplace_abn_forward", "inplace_abn_backward", "inplace_abn",
@@ -302,6 +302,7 @@ def _forward(x, weight, bias, running_mean, running_var, *, training, momentum, 
              activation, activation_param, data_format, use_global_stats, weight_mode,
              comm, in_place, host_params=False, stream=None):
     """Shared forward of the in-place and the standard path; returns (out, saved)."""
+    _config.restart_labels()  # see _config: before anything that may compile
     # ---- validate everything; nothing is written in this section
     names = ("weight", "bias", "running_mean", "running_var")
     hook = _hook(comm)
@@ -430,6 +431,7 @@ def _saved(backend, x, src, c_axis, in_place, batch_stats, count, coef, w, bias,
 
 def _backward(dz, saved, in_place, stream=None):
     """Shared backward; writes dx over dz (in place) or into a new array."""
+    _config.restart_labels()
     if saved is None:
         raise RuntimeError("backward called without a forward: pass the saved record that "
                            "the forward returned (each record serves one backward)")

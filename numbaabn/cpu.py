@@ -944,6 +944,7 @@ def _num_threads():
 def _run(twins, parallel, *args):
     """Run the serial or the parallel one of ``twins`` (a pair of ``_KERNELS`` or
     ``_ONE``)."""
+    _config.restart_labels()
     serial, par = twins
     if not parallel:
         return serial(*args)

@@ -12,7 +12,7 @@
 """
 import numpy as np
 
-from . import api, cpu
+from . import _config, api, cpu
 
 __all__ = ["FusedABN", "fold", "from_torch_state_dict", "from_paddle_state_dict",
            "from_inplace_abn_state_dict"]
@@ -84,6 +84,7 @@ class FusedABN:
         if not isinstance(x, np.ndarray):
             raise TypeError(f"FusedABN runs on NumPy arrays, got {type(x).__name__}")
         api._check_data(x, "input", writable=True)
+        _config.restart_labels()  # before _coefficients, which may compile (see _config)
         c_axis = x.ndim - 1 if self.channels_last else 1
         if x.shape[c_axis] != self.num_features:
             raise ValueError(f"expected {self.num_features} channels on axis {c_axis}, got "

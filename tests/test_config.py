@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+
 SCRIPT = """
 import numpy as np, numbaabn
 from numbaabn import _config
@@ -58,3 +60,43 @@ def test_overrides_still_compute_correctly():
 def test_unsafe_fastmath_flags_are_refused():
     p = run(NUMBAABN_FASTMATH="nnan reassoc")
     assert p.returncode != 0 and "nnan" in p.stderr
+
+
+def test_block_labels_restart_between_compilations(rng):
+    """Numba's block-label counter doubles with each nested inline in a compilation
+    (``_config.restart_labels``); past 1024 digits LLVM refused every new kernel (48
+    tests of a clean-clone run failed so). The entry points restart it, and compiling
+    with inlined calls works afterwards."""
+    from numba import njit
+    from numba.core import ir_utils
+    import numbaabn
+
+    label = ir_utils._the_max_label
+    try:
+        label.update(10 ** 1100)
+        x = rng.standard_normal((4, 3, 5)).astype(np.float32)
+        numbaabn.inplace_abn_forward(x, training=True)
+        assert label._value < 10 ** 40
+        label.update(10 ** 1100)
+        x = rng.standard_normal((4, 3, 5)).astype(np.float32)
+        y, saved = numbaabn.inplace_abn_forward(x)  # the backward restarts it too
+        label.update(10 ** 1100)
+        numbaabn.inplace_abn_backward(np.ones_like(x), saved)
+        assert label._value < 10 ** 40
+
+        @njit(inline="always")
+        def step(v):  # blocks that survive into LLVM's IR, labelled by the counter
+            if v > 0:
+                return v + 1
+            return v - 1
+
+        @njit
+        def total(n):  # at 10 ** 1100 this raised "name is too long"
+            s = 0
+            for i in range(n):
+                s += step(i - 1)
+            return s
+
+        assert total(3) == -2 - 1 + 2
+    finally:
+        label._value = min(label._value, 10 ** 9)
