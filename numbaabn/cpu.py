@@ -1294,6 +1294,13 @@ def gradient_coefficients(coef, sums, count, train, from_x, local, w, abs_mode, 
 
 
 # bound per layout, family and twin (_clone)
+#
+# Constants the one-call functions pass to the kernels are typed as Python's arguments
+# are, bool and int64 (np.bool_(True), np.int64(1)): a literal True or 1 passed from
+# compiled code is typed Literal[bool](True), Literal[int](1), and each kernel would be
+# compiled a second (and, for the small forward's blocks, a third) time for it, in
+# every process with a cold cache. Before: 190 of the 498 specializations a test run
+# compiled (cpu.py's index files after a clean-clone CI) were such literal copies.
 _one_statistics = _one_forward = _one_forward_plain = _one_reduce = _one_apply = None
 _one_apply_plain = None
 
@@ -1307,6 +1314,7 @@ def _forward_train_one(x, first, w, b, eps, abs_mode, coef, update, momentum, rm
     r at a time (``_widen``; ``first`` is the input's first row, C elements), the
     constants tiled and the sums folded as the primitives do. Returns (ok, sums):
     sums[0] the mean, sums[1] the variance; nothing is written where not ok."""
+    yes = np.bool_(True)  # not a literal (see above)
     C = coef.shape[1]
     W = x.shape[1]  # C, or r * C (merged rows)
     shift = np.zeros(C)
@@ -1319,10 +1327,10 @@ def _forward_train_one(x, first, w, b, eps, abs_mode, coef, update, momentum, rm
     _finalize(shift, np.float64(count), sums)
     for c in range(C):
         sums[1, c] /= count
-    if not fill_coefficients(sums[0], sums[1], w, b, eps, abs_mode, True, True, coef, update,
+    if not fill_coefficients(sums[0], sums[1], w, b, eps, abs_mode, yes, yes, coef, update,
                              momentum, rm, rv):
         return False, sums
-    _one_forward(x, x, True, _tiled_in(coef, r), a, ia, lo, f0, f1, f2, fa)
+    _one_forward(x, x, yes, _tiled_in(coef, r), a, ia, lo, f0, f1, f2, fa)
     return True, sums
 
 
@@ -1332,19 +1340,20 @@ def _backward_train_one(src, dz, dx, inplace, coef, a, ia, lo, from_x, count, w,
     compiled call, with the blocks (r0, r1, r2, ra) of the reduce and (p0, p1, p2, pa)
     of the apply (``_walk``): the primitives' kernels, so their results bit for bit.
     Channels-last rows merged ``rep`` at a time as in ``_forward_train_one``."""
+    yes = np.bool_(True)  # not a literal (see above)
     C = coef.shape[1]
     W = src.shape[1]  # C, or rep * C (merged rows)
     wide = np.zeros((2, W))
     _one_reduce(src, dz, _tiled_in(coef, rep), a, ia, lo, from_x, np.empty((r0 * r2, 2, W)),
                 np.empty((r0 * r2, 3, W), coef.dtype), r0, r1, r2, ra, wide)
     sums = _folded(wide, C)
-    gradient_coefficients(coef, sums, count, True, from_x, sums, w, abs_mode, dweight, dbias)
+    gradient_coefficients(coef, sums, count, yes, from_x, sums, w, abs_mode, dweight, dbias)
     ct = _tiled_in(coef, rep)  # again: with the rows gradient_coefficients wrote
     for c in range(C):
         if coef[9, c] != 0:
-            _one_apply(src, dz, dx, inplace, ct, a, ia, lo, from_x, True, p0, p1, p2, pa)
+            _one_apply(src, dz, dx, inplace, ct, a, ia, lo, from_x, yes, p0, p1, p2, pa)
             return
-    _one_apply_plain(src, dz, dx, inplace, ct, a, ia, lo, from_x, True, p0, p1, p2, pa)
+    _one_apply_plain(src, dz, dx, inplace, ct, a, ia, lo, from_x, yes, p0, p1, p2, pa)
 
 
 def _forward_eval_one(x, mean, var, w, b, eps, abs_mode, coef, rm, rv, a, ia, lo, r, f0, f1,
@@ -1353,14 +1362,16 @@ def _forward_eval_one(x, mean, var, w, b, eps, abs_mode, coef, rm, rv, a, ia, lo
     one compiled call, with the forward's blocks (f0, f1, f2, fa): the kernel
     ``forward`` would run (plain where every h is 0), so its results bit for bit.
     Channels-last rows merged r at a time as in ``_forward_train_one``."""
+    yes = np.bool_(True)  # not a literal (see above)
     # never False without batch statistics
-    fill_coefficients(mean, var, w, b, eps, abs_mode, True, False, coef, False, 0.0, rm, rv)
+    fill_coefficients(mean, var, w, b, eps, abs_mode, yes, np.bool_(False), coef,
+                      np.bool_(False), 0.0, rm, rv)
     ct = _tiled_in(coef, r)
     for c in range(coef.shape[1]):
         if coef[0, c] != 0:
-            _one_forward(x, x, True, ct, a, ia, lo, f0, f1, f2, fa)
+            _one_forward(x, x, yes, ct, a, ia, lo, f0, f1, f2, fa)
             return
-    _one_forward_plain(x, x, True, ct, a, ia, lo, f0, f1, f2, fa)
+    _one_forward_plain(x, x, yes, ct, a, ia, lo, f0, f1, f2, fa)
 
 
 # (serial, parallel) one-call functions by (layout, family): the training forward, by
@@ -1402,8 +1413,9 @@ def _forward_train_small(x, first, w, b, eps, abs_mode, coef, update, momentum, 
     """``_forward_train_one`` of a small tensor (one serial item, not prefetched), its
     blocks compiled in: ~1 µs less a call than passing them (8 more arguments to type,
     the item bounds computed at run time)."""
+    one = np.int64(1)  # not a literal (see above)
     return _one(x, first, w, b, eps, abs_mode, coef, update, momentum, rm, rv, a, ia, lo,
-                zero, r, 1, 1, 1, None, 1, 1, 1, None)
+                zero, r, one, one, one, None, one, one, one, None)
 
 
 _SMALL = {key: njit(**_config.jit_options(False))(_clone(
