@@ -9,6 +9,8 @@ import pytest
 
 from numbaabn import experiments
 
+pytestmark = pytest.mark.xdist_group("experiment")  # one worker runs fast_run once
+
 
 @pytest.fixture(scope="module")
 def fast_run(tmp_path_factory):
