@@ -111,3 +111,58 @@ def restart_labels():
         return
     with _compiler_lock:  # waits for another thread's compilation
         label._value = 0
+
+
+# Numba (0.68) adds an entry to a function's disk cache by reading the function's
+# index, taking the first data-file number the index does not use, and writing the
+# index, then the data file, each atomically but with no lock between the read and
+# the writes. Two processes that compile two signatures of one function at once (the
+# test suite's pytest-xdist workers, MPI ranks, a multiprocessing pool) can take the
+# same number: one signature's entry is lost (a recompilation later), or, where the
+# index of one and the data of the other are written last, the index maps a signature
+# to the other's machine code, which the next process then runs on arrays of the
+# wrong type. (numba#10128 reports the same kind of race between a gufunc's two
+# files; a file lock is the fix its maintainers proposed.) The saves of numbaabn's
+# functions take an exclusive lock on one file of their cache directory.
+LOCK_NAME = "numbaabn-saves.lock"
+
+
+def serialize_saves(cache_file):
+    """Make ``cache_file`` (a Numba ``IndexDataCacheFile``) save its entries under an
+    exclusive ``flock`` on ``LOCK_NAME`` in its directory (unlocked where that file
+    cannot be opened). Idempotent; a no-op where ``fcntl`` is missing (Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    if getattr(cache_file, "_numbaabn_serialized", False):
+        return
+    save = cache_file.save
+    path = os.path.join(cache_file._cache_path, LOCK_NAME)
+
+    def locked_save(key, data):
+        try:
+            lock = open(path, "a")
+        except OSError:  # as Numba's own save would fail there
+            return save(key, data)
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            save(key, data)
+
+    cache_file.save = locked_save
+    cache_file._numbaabn_serialized = True
+
+
+def serialize_cache_saves(objects):
+    """``serialize_saves`` on the disk cache of every Numba dispatcher in ``objects``
+    (a module's globals: dispatchers, and dicts, tuples and lists of them)."""
+    from numba.core.dispatcher import Dispatcher
+    for o in objects:
+        if isinstance(o, Dispatcher):
+            cache_file = getattr(getattr(o, "_cache", None), "_cache_file", None)
+            if cache_file is not None:  # None: not cached
+                serialize_saves(cache_file)
+        elif isinstance(o, dict):
+            serialize_cache_saves(o.values())
+        elif isinstance(o, (tuple, list)):
+            serialize_cache_saves(o)

@@ -502,5 +502,8 @@ def run_from_args(args):
     return 0
 
 
+_config.serialize_cache_saves([_stream_pass, _read_pass])  # saves under a lock (_config)
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -1585,3 +1585,7 @@ def backward_train(srcs, dzs, dxs, coef, act, a, ia, lo, from_x, stream=None):
 def backward_eval(srcs, dzs, dxs, coef, act, a, ia, lo, from_x, stream=None):
     """``dx = P g`` (statistics were constants); ``dxs`` may be ``dzs``."""
     _backward_apply(srcs, dzs, dxs, coef, act, a, ia, lo, from_x, False)
+
+
+# the disk cache of every compiled function above saves under a lock (see _config)
+_config.serialize_cache_saves([v for k, v in globals().items() if not k.startswith("__")])

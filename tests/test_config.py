@@ -100,3 +100,40 @@ def test_block_labels_restart_between_compilations(rng):
         assert total(3) == -2 - 1 + 2
     finally:
         label._value = min(label._value, 10 ** 9)
+
+
+SAVER = """
+import sys, time
+from numba.core.caching import IndexDataCacheFile
+from numbaabn import _config
+path, tag, lock, start, n = sys.argv[1], sys.argv[2], sys.argv[3] == "1", float(sys.argv[4]), int(sys.argv[5])
+f = IndexDataCacheFile(path, "probe", "stamp")
+if lock:
+    _config.serialize_saves(f)
+    _config.serialize_saves(f)  # idempotent: one lock, not two nested
+while time.time() < start:
+    pass
+for i in range(n):
+    f.save((tag, i), ("data", tag, i))
+"""
+
+
+def test_cache_saves_of_several_processes_keep_every_entry(tmp_path):
+    """Four processes save 60 entries each to one function's disk cache at once, as
+    pytest-xdist workers or MPI ranks compiling different signatures do: with
+    ``_config.serialize_saves`` every entry is in the index and maps to its own data.
+    (Without it, Numba's read-modify-write of the index lost entries and mapped keys to
+    other keys' data in every run tried.)"""
+    from numba.core.caching import IndexDataCacheFile
+
+    from numbaabn import cpu
+    assert cpu.fill_coefficients._cache._cache_file._numbaabn_serialized  # the package's
+    import time
+    start, n = time.time() + 5, 60
+    procs = [subprocess.Popen([sys.executable, "-c", SAVER, str(tmp_path), str(k), os.environ.get("_LOCK", "1"),
+                               str(start), str(n)]) for k in range(4)]
+    assert [p.wait(timeout=300) for p in procs] == [0] * 4
+    f = IndexDataCacheFile(str(tmp_path), "probe", "stamp")
+    for k in range(4):
+        for i in range(n):
+            assert f.load((str(k), i)) == ("data", str(k), i), (k, i)
