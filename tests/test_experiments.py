@@ -9,10 +9,13 @@ import pytest
 
 from numbaabn import experiments
 
-pytestmark = pytest.mark.xdist_group("experiment")  # one worker runs fast_run once
+# one pytest-xdist worker runs this module's tests, and fast_run once: with module scope
+# it ran twice (a worker tears module fixtures down when it does not yet know its next
+# test)
+pytestmark = pytest.mark.xdist_group("experiment")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def fast_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("results")
     p = subprocess.run([sys.executable, "-m", "numbaabn", "experiment", "--fast", "--out",
