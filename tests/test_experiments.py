@@ -1,6 +1,8 @@
 """The memory-footprint experiment in its fast mode: fields, ratios, files, plot."""
 import csv
+import fcntl
 import json
+import os
 import subprocess
 import sys
 
@@ -9,21 +11,26 @@ import pytest
 
 from numbaabn import experiments
 
-# one pytest-xdist worker runs this module's tests, and fast_run once: with module scope
-# it ran twice (a worker tears module fixtures down when it does not yet know its next
-# test)
-pytestmark = pytest.mark.xdist_group("experiment")
-
-
 @pytest.fixture(scope="session")
 def fast_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("results")
-    p = subprocess.run([sys.executable, "-m", "numbaabn", "experiment", "--fast", "--out",
-                        str(out), "--variants", "standard", "inplace"],
-                       capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stdout + p.stderr
+    """The fast experiment, run once per test session: pytest-xdist's workers share it
+    through their session's temporary directory, under a lock (with module scope it ran
+    once per worker, and sometimes twice in one: ~100 s each; grouping the tests in one
+    worker with --dist loadgroup does nothing on pytest 9.2, pytest-xdist#1386)."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # this session's directory, not one worker's
+    out = base / "experiment-fast"
+    with open(base / "experiment-fast.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "stdout.txt").exists():  # written last, after a run that passed
+            p = subprocess.run([sys.executable, "-m", "numbaabn", "experiment", "--fast",
+                                "--out", str(out), "--variants", "standard", "inplace"],
+                               capture_output=True, text=True, timeout=600)
+            assert p.returncode == 0, p.stdout + p.stderr
+            (out / "stdout.txt").write_text(p.stdout)
     with open(out / "results.json") as f:
-        return out, json.load(f), p.stdout
+        return out, json.load(f), (out / "stdout.txt").read_text()
 
 
 def test_json_fields_and_ratio_from_measured_peaks(fast_run):
