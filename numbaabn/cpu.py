@@ -1411,8 +1411,8 @@ for _kind in ("cf", "cl"):
 def _forward_train_small(x, first, w, b, eps, abs_mode, coef, update, momentum, rm, rv, a,
                          ia, lo, zero, r):
     """``_forward_train_one`` of a small tensor (one serial item, not prefetched), its
-    blocks compiled in: ~1 µs less a call than passing them (8 more arguments to type,
-    the item bounds computed at run time)."""
+    blocks passed from compiled code: ~1 µs less a call than passing them from Python
+    (8 more arguments to type)."""
     one = np.int64(1)  # not a literal (see above)
     return _one(x, first, w, b, eps, abs_mode, coef, update, momentum, rm, rv, a, ia, lo,
                 zero, r, one, one, one, None, one, one, one, None)

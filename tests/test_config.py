@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -106,11 +107,10 @@ SAVER = """
 import sys, time
 from numba.core.caching import IndexDataCacheFile
 from numbaabn import _config
-path, tag, lock, start, n = sys.argv[1], sys.argv[2], sys.argv[3] == "1", float(sys.argv[4]), int(sys.argv[5])
+path, tag, start, n = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
 f = IndexDataCacheFile(path, "probe", "stamp")
-if lock:
-    _config.serialize_saves(f)
-    _config.serialize_saves(f)  # idempotent: one lock, not two nested
+_config.serialize_saves(f)
+_config.serialize_saves(f)  # idempotent: one lock, not two nested
 while time.time() < start:
     pass
 for i in range(n):
@@ -128,10 +128,9 @@ def test_cache_saves_of_several_processes_keep_every_entry(tmp_path):
 
     from numbaabn import cpu
     assert cpu.fill_coefficients._cache._cache_file._numbaabn_serialized  # the package's
-    import time
     start, n = time.time() + 5, 60
-    procs = [subprocess.Popen([sys.executable, "-c", SAVER, str(tmp_path), str(k), os.environ.get("_LOCK", "1"),
-                               str(start), str(n)]) for k in range(4)]
+    procs = [subprocess.Popen([sys.executable, "-c", SAVER, str(tmp_path), str(k), str(start),
+                               str(n)]) for k in range(4)]
     assert [p.wait(timeout=300) for p in procs] == [0] * 4
     f = IndexDataCacheFile(str(tmp_path), "probe", "stamp")
     for k in range(4):

@@ -11,11 +11,12 @@ import pytest
 
 from numbaabn import experiments
 
+
 @pytest.fixture(scope="session")
 def fast_run(tmp_path_factory):
     """The fast experiment, run once per test session: pytest-xdist's workers share it
     through their session's temporary directory, under a lock (with module scope it ran
-    once per worker, and sometimes twice in one: ~100 s each; grouping the tests in one
+    in each worker that ran one of its tests: ~100 s each; grouping the tests in one
     worker with --dist loadgroup does nothing on pytest 9.2, pytest-xdist#1386)."""
     base = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):

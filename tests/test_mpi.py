@@ -18,8 +18,8 @@ MPI = pytest.importorskip("mpi4py.MPI", reason="mpi4py is in the test extra") if
 needs_mpiexec = pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec (pip install mpich)")
 
 
-# Timeouts catch a hang, not slowness: the suite runs in two pytest workers
-# (pytest-xdist), so mpiexec's processes share the cores with the other worker.
+# Timeouts catch a hang, not slowness: the suite runs one pytest worker per core
+# (pytest-xdist), so mpiexec's processes share the cores with the other workers.
 def mpirun(n, scenario, timeout=600):
     env = dict(os.environ, NUMBAABN_PARALLEL_MIN="1000000000")  # 2 cores, P workers
     p = subprocess.run([MPIEXEC, "-n", str(n), sys.executable, WORKER, scenario],
