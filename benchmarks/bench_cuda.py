@@ -1,6 +1,7 @@
 """CUDA benchmark against the device's copy bandwidth (run on a machine with a GPU).
 
     python benchmarks/bench_cuda.py [--shape 64 256 56 56] [--repeats 20] [--json out.json]
+                                    [--host-costs]
 
 Forward-train, forward-eval and backward-train for float32 and float16, both layouts:
 median time (CUDA events), effective GB/s, and the ratio to the floor, where the floor
@@ -13,6 +14,7 @@ runs (slowly, with tiny shapes) only to check that it works.
 """
 import argparse
 import json
+import time
 
 import numpy as np
 from numba import cuda
@@ -73,12 +75,68 @@ def copy_bandwidth(nbytes, repeats):
     return 2 * a.nbytes / min(times)
 
 
+def _host_seconds(fn, repeats=200):
+    """Median host time of ``fn`` (the time until it returns), the device idle before
+    each call."""
+    times = []
+    for _ in range(repeats):
+        cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    cuda.synchronize()
+    return float(np.median(times))
+
+
+@cuda.jit
+def _twelve(a, b, c, n, s, ds, dc, coef, x, y, z, flag):  # the element-wise kernel's arguments
+    if cuda.grid(1) == 0 and flag:
+        a[0] = b[0] + c[0] + coef[0] + x + y + z + n + s + ds + dc
+
+
+@cuda.jit
+def _three(a, b, c):
+    if cuda.grid(1) == 0:
+        a[0] = b[0] + c[0]
+
+
+def host_costs(C=2560):
+    """Host microseconds of the small operations a call is made of: copies of a C-element
+    float32 array through the device arrays' methods and through the driver functions
+    numbaabn calls, an allocation, and kernel launches with 12 and 3 arguments."""
+    from numba.cuda.cudadrv import driver
+    d = cuda.device_array(C, np.float32)
+    h = np.ones(C, np.float32)
+    pinned = cuda.pinned_array(C, np.float32)
+    one = np.float32(1)
+    _twelve[1, 32](d, d, d, C, 1, 0, 0, d, one, one, one, False)
+    _three[1, 32](d, d, d)
+    ops = {
+        "copy_to_device (method)": lambda: d.copy_to_device(h),
+        "host_to_device (driver)": lambda: driver.host_to_device(d, h, h.nbytes),
+        "copy_to_host (method)": lambda: d.copy_to_host(pinned),
+        "device_to_host (driver)": lambda: driver.device_to_host(pinned, d, h.nbytes),
+        "cuda.to_device": lambda: cuda.to_device(h),
+        "cuda.device_array": lambda: cuda.device_array(C, np.float32),
+        "launch, 12 arguments": lambda: _twelve[1, 32](d, d, d, C, 1, 0, 0, d, one, one, one,
+                                                       False),
+        "launch, 3 arguments": lambda: _three[1, 32](d, d, d),
+    }
+    return {name: _host_seconds(fn) * 1e6 for name, fn in ops.items()}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--shape", type=int, nargs=4, default=[64, 256, 56, 56])
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--json")
+    p.add_argument("--host-costs", action="store_true",
+                   help="also time the host side of copies and launches (µs)")
     args = p.parse_args()
+    if args.host_costs:
+        costs = host_costs()
+        for name, us in costs.items():
+            print(f"{name:28} {us:8.1f} µs host")
     rows = []
     for dtype in (np.float32, np.float16):
         for fmt in ("NCHW", "NHWC"):
@@ -126,7 +184,8 @@ def main():
                       row["torch_forward_backward_over_numbaabn"]) if tt else ""))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+            json.dump(dict(rows=rows, host_costs_us=costs) if args.host_costs else rows, f,
+                      indent=2)
 
 
 if __name__ == "__main__":

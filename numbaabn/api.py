@@ -401,8 +401,8 @@ def _forward(x, weight, bias, running_mean, running_var, *, training, momentum, 
         src = backend.copy(x, stream=stream)
     backend.forward(views, out_views, coef, act, a, ia, lo, stream=stream)
     if update and _is_device(running_mean):  # running statistics live on the device
-        backend.as_device(running_mean).copy_to_device(rm_arg, stream=backend._s(stream))
-        backend.as_device(running_var).copy_to_device(rv_arg, stream=backend._s(stream))
+        backend.copy_from_host(backend.as_device(running_mean), rm_arg, stream)
+        backend.copy_from_host(backend.as_device(running_var), rv_arg, stream)
 
     return out, _saved(backend, x, src, c_axis, in_place, batch_stats, count, coef, w, bias,
                        weight_mode, hook, channels_last, host_params, stream, act, a, ia, lo)

@@ -130,3 +130,39 @@ def test_buffers_reused_per_stream_and_bounded():
         numbaabn.inplace_abn_forward(xd, activation="identity")
         z = ref.forward(x0 + shift, np.ones(3), np.zeros(3), activation="identity")[0]
         assert_close(xd.copy_to_host(), z, np.float32)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_host_device_copies(dtype, rng):
+    """The driver-level copies (copy_from_host, _to_host, copy) move every byte, on the
+    default stream and on a user stream, and fall back to the arrays' own methods for a
+    strided device view or a host array of another dtype (which refuse it, as before)."""
+    from numbaabn import cuda as ncuda
+    h = rng.standard_normal((5, 7)).astype(dtype)
+    for stream in (None, cuda.stream()):
+        d1 = cuda.device_array(7, dtype)  # 1-D, as the parameters and coefficients' rows
+        ncuda.copy_from_host(d1, h[2], stream)
+        np.testing.assert_array_equal(ncuda._to_host(d1, stream), h[2])
+        d = cuda.device_array(h.shape, dtype)
+        ncuda.copy_from_host(d, h, stream)
+        back = ncuda._to_host(d, stream)
+        np.testing.assert_array_equal(back, h)
+        pinned = cuda.pinned_array(h.shape, dtype)
+        assert ncuda._to_host(d, stream, pinned) is pinned
+        np.testing.assert_array_equal(pinned, h)
+        c = ncuda.copy(d, stream)
+        if stream is not None:
+            stream.synchronize()
+        np.testing.assert_array_equal(c.copy_to_host(), h)
+        ncuda.copy_from_host(d, h.T.copy().T, stream)  # an F-ordered host array
+        np.testing.assert_array_equal(ncuda._to_host(d, stream), h)
+    d = cuda.to_device(h)
+    np.testing.assert_array_equal(ncuda.to_host(d[:, ::2]), h[:, ::2])  # strided view
+    other = np.float32 if dtype == np.float64 else np.float64
+    with pytest.raises(TypeError):  # never reinterpreted as the device array's dtype
+        ncuda.copy_from_host(cuda.device_array(7, other), h[0])
+    g = ncuda.from_host(h[1])
+    np.testing.assert_array_equal(g.copy_to_host(), h[1])
+    empty = cuda.device_array((0, 3), dtype)
+    ncuda.copy_from_host(empty, np.zeros((0, 3), dtype))
+    assert ncuda._to_host(empty, None).shape == (0, 3)
