@@ -389,15 +389,12 @@ def copy_from_host(d, h, stream=None):
 
 def _to_host(d, stream, out=None):
     """Device -> host (into ``out`` if given), complete on return (synchronizes ``stream``)."""
-    if out is None and not d.is_c_contiguous():
-        out = d.copy_to_host(stream=_s(stream))
-    else:
-        if out is None:
-            out = np.empty(d.shape, d.dtype)
-        if not _plain(d, out):
-            d.copy_to_host(out, stream=_s(stream))
-        elif out.nbytes:
-            _driver.device_to_host(out, d, out.nbytes, stream=_s(stream))
+    if out is None and d.is_c_contiguous():
+        out = np.empty(d.shape, d.dtype)
+    if out is None or not _plain(d, out):
+        out = d.copy_to_host(out, stream=_s(stream))
+    elif out.nbytes:
+        _driver.device_to_host(out, d, out.nbytes, stream=_s(stream))
     if stream is not None:
         stream.synchronize()
     return out
@@ -406,10 +403,10 @@ def _to_host(d, stream, out=None):
 def copy(a, stream=None):
     d = as_device(a)
     out = cuda.device_array(d.shape, dtype=d.dtype, stream=_s(stream))
-    if d.is_c_contiguous() and d.nbytes:
-        _driver.device_to_device(out, d, d.nbytes, stream=_s(stream))
-    else:
+    if not d.is_c_contiguous():
         out.copy_to_device(d, stream=_s(stream))
+    elif d.nbytes:
+        _driver.device_to_device(out, d, d.nbytes, stream=_s(stream))
     return out
 
 
@@ -473,8 +470,9 @@ def to_host(a):
 
 
 def from_host(a):
-    d = cuda.device_array(np.shape(a), dtype=np.asarray(a).dtype)
-    copy_from_host(d, a)
+    h = np.ascontiguousarray(a)
+    d = cuda.device_array(h.shape, dtype=h.dtype)
+    copy_from_host(d, h)
     return d
 
 
