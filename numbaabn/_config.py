@@ -16,11 +16,13 @@ variable                   meaning (default)
 ``NUMBAABN_PREFETCH``      ``auto``: large float32/float64 walks prefetch ahead in
                            software where the host CPU (LLVM's name for it) is
                            one of ``PREFETCH_CPUS``, measured to gain from it:
-                           ``znver3`` (an AVX2 Zen 3 EPYC, ~20% faster); not
-                           elsewhere (a Zen 4 EPYC, ``znver4``, ran 0-40% slower
-                           with it; unmeasured CPUs get their hardware prefetcher
-                           alone). ``1`` / ``0`` force it on / off, for the
-                           kernels and the benchmark's floor pass alike
+                           ``znver3`` (an AVX2 Zen 3 EPYC, ~20% faster) and
+                           ``rocketlake`` (what LLVM calls the AVX-512 Intel
+                           Xeon VM of BENCHMARKS.md: 5-17% faster where it
+                           gained); not elsewhere (a Zen 4 EPYC, ``znver4``, ran
+                           0-40% slower with it; unmeasured CPUs get their
+                           hardware prefetcher alone). ``1`` / ``0`` force it
+                           on / off
 ``NUMBA_THREADING_LAYER``  Numba's own variable; numbaabn works with every layer
 ``OMP_WAIT_POLICY``        set to ``PASSIVE`` by numbaabn unless already set: GNU
                            OpenMP threads (Numba's default layer on Linux) otherwise
@@ -59,7 +61,14 @@ def _read_switch(value):
     return value.strip().lower() not in ("0", "false", "no", "off")
 
 
-PREFETCH_CPUS = frozenset({"znver3"})
+# The CPUs measured to gain from software prefetch, each with how far ahead (bytes) a
+# channels-first chunk of 1024 elements asks for its lines (channels-last rows: 1024
+# bytes everywhere, cpu._AHEAD). On the Zen 3, 4096 bytes ahead of a chunk ran faster
+# than 1024 ((32, 128, 56, 56) float32 forward-train 1.60-1.64 -> 1.42-1.45x the floor);
+# on the Xeon, 15 alternating calls, distances 0 / 512 / 1024 / 2048 / 4096 bytes:
+# forward-train 1.73 / 1.62 / 1.63 / 1.70 / 1.74x, forward-eval 1.19 / 1.14 / 1.15 /
+# 1.25 / 1.33x.
+PREFETCH_CPUS = {"znver3": 4096, "rocketlake": 1024}
 
 
 def host_cpu():
@@ -81,6 +90,7 @@ CACHE = _read_switch(os.environ.get("NUMBAABN_CACHE", "1"))
 FASTMATH = _read_fastmath(os.environ.get("NUMBAABN_FASTMATH", "1"))
 PARALLEL_MIN = int(os.environ.get("NUMBAABN_PARALLEL_MIN", str(1 << 21)))
 PREFETCH = _read_prefetch(os.environ.get("NUMBAABN_PREFETCH", "auto"), host_cpu())
+PREFETCH_CHUNK = PREFETCH_CPUS.get(host_cpu(), 1024)  # forced on elsewhere: 1 KB ahead
 
 
 def jit_options(parallel):

@@ -5,8 +5,9 @@ several repeats), with the arrays it reads restored before each repeat outside t
 timed region (the backward's z as well as its dz: rewritten with the same values, so
 that z is where the stream will find it), and right after each timed repeat the
 streaming kernel (a Numba parallel kernel that reads and writes an array in place,
-``_stream``, with the kernels' software prefetch) is timed over the very arrays the
-operation touches, restored the same way.
+``_stream``) is timed over the very arrays the operation touches, restored the same
+way, once plain and once prefetching ahead in software as the kernels can: the faster
+of the two is the floor's.
 The floor of a row is
 
     floor = passes x input bytes / bandwidth,   bandwidth = streamed bytes / median stream time
@@ -64,11 +65,13 @@ PASSES = {"forward-train": 3, "forward-eval": 2, "backward-train": 5, "fused-eva
 READS = {"forward-train": 2, "forward-eval": 1, "backward-train": 2, "fused-eval": 1}
 
 
-def _pf():
-    """The floor's passes prefetch where the kernels do: ``_AHEAD``, or None with
-    ``NUMBAABN_PREFETCH=0`` (an argument of the passes, not a global: Numba's cache
-    ignores globals)."""
-    return _AHEAD if _config.PREFETCH else None
+# The floor's passes run both ways, plain and prefetching ``_AHEAD`` bytes ahead of each
+# chunk as the kernels can (``cpu._ahead``), and the faster one counts, whatever the
+# kernels do on this CPU (``NUMBAABN_PREFETCH``): the floor is the fastest pass known.
+# On the Zen 3 EPYC the prefetched pass ran ~20% faster (one sequential stream per core
+# kept too few lines in flight), on the Zen 4 the plain one 2-17%. (An argument of the
+# passes, not a global: Numba's cache ignores globals.)
+FLOOR_AHEAD = (None, _AHEAD)
 
 
 @njit(parallel=True, nogil=True, cache=True)
@@ -81,15 +84,17 @@ def _stream_pass(a, s, ahead):
             r[i] = r[i] * s
 
 
-def _stream(a, s):
+def _stream(a, s, ahead=None):
     """``a *= s`` in place over a 1-D array, in chunks of 1024 elements, each chunk
-    prefetching ahead where the kernels do (``cpu._ahead``, ``NUMBAABN_PREFETCH``): on
-    the Zen 3 EPYC the prefetched pass ran ~20% faster than a plain loop (one sequential
-    stream per core kept too few lines in flight), so it gave the stricter floor; on the
-    Zen 4 EPYC the plain loop was 2-17% faster, as were the kernels without prefetch."""
-    _stream_pass(a, s, _pf())
+    prefetching ``ahead`` bytes ahead (None: not)."""
+    _stream_pass(a, s, ahead)
 
 
+# The read-only pass sums each chunk's words in uint32, wrapping: a sum widened to
+# int64 (as it was until the twenty-sixth session) converts every word, and on the
+# Intel Xeon of BENCHMARKS.md that made the pass 1.2x slower than an in-place pass
+# (51 MB, 15 alternating repeats: 2.23-2.31 ms against 1.71-1.76 ms wrapping, 1.87-1.96
+# ms in place), a read "bound" that the kernels' own reads were not held to.
 @njit(parallel=True, nogil=True, cache=True)
 def _read_pass(a, ahead):
     n = a.size
@@ -97,29 +102,30 @@ def _read_pass(a, ahead):
     for t in prange((n + 1023) // 1024):
         r = a[t * 1024:min(t * 1024 + 1024, n)]
         _ahead(r, ahead)
-        s = 0
+        s = np.uint32(0)
         for i in range(len(r)):
-            s += r[i]
+            s = np.uint32(s + r[i])
         total += s
     return total
 
 
-def _read(a):
-    """A read-only pass over a 1-D uint32 array, prefetching as ``_stream`` does (the
-    checksum it returns keeps the loads)."""
-    return _read_pass(a, _pf())
+def _read(a, ahead=None):
+    """A read-only pass over a 1-D uint32 array, prefetching as ``_stream`` does; returns
+    the words' sum modulo 2**32 (it keeps the loads)."""
+    return int(_read_pass(a, ahead)) & 0xFFFFFFFF
 
 
 def stream_bandwidth(nbytes, repeats=7):
     """Bytes per second of an in-place read+write pass over a cache-hot array of
-    ``nbytes`` (best of ``repeats`` back-to-back passes)."""
+    ``nbytes`` (best of ``repeats`` back-to-back passes of each ``FLOOR_AHEAD``)."""
     a = np.ones(max(nbytes // 4, 1024), np.float32)
-    _stream(a, np.float32(1.0))
     best = np.inf
-    for _ in range(repeats):
-        t = time.perf_counter()
-        _stream(a, np.float32(1.0))
-        best = min(best, time.perf_counter() - t)
+    for ahead in FLOOR_AHEAD:
+        _stream(a, np.float32(1.0), ahead)
+        for _ in range(repeats):
+            t = time.perf_counter()
+            _stream(a, np.float32(1.0), ahead)
+            best = min(best, time.perf_counter() - t)
     return 2 * a.nbytes / best
 
 
@@ -232,33 +238,42 @@ def _torch_times(x0, dz0, fmt, repeats, device="cpu", timer=None):
 def _paired_times(ops, repeats, warmup=2):
     """Median times of each operation, of the stream over its arrays and of a read-only
     pass over them, interleaved: ``ops`` maps a name to ``(fn, prepare, stream_arrays)``.
-    Every pass starts from the same ``prepare`` (the same cache state)."""
-    times = {name: ([], [], []) for name in ops}
+    Every pass starts from the same ``prepare`` (the same cache state). The passes run
+    once per ``FLOOR_AHEAD``: the stream's time is the lower of its medians, the read's
+    is that of the same setting. Returns per name (operation, stream, read, prefetched:
+    whether the faster stream prefetched)."""
+    times = {name: ([], {a: ([], []) for a in FLOOR_AHEAD}) for name in ops}
     one = np.uint32(1)
 
     def words(a):  # the same bytes as uint32: no float (denormal, NaN) effects
         return a.reshape(-1).view(np.uint8)[:a.nbytes // 4 * 4].view(np.uint32)
 
+    def timed(prepare, fn):
+        prepare()
+        t = time.perf_counter()
+        fn()
+        return time.perf_counter() - t
+
     for i in range(warmup + repeats):
         for name, (fn, prepare, arrays) in ops.items():
-            prepare()
-            t = time.perf_counter()
-            fn()
-            t1 = time.perf_counter()
-            prepare()
-            t2 = time.perf_counter()
-            for a in arrays:
-                _stream(words(a), one)
-            t3 = time.perf_counter()
-            prepare()
-            t4 = time.perf_counter()
-            for a in arrays:
-                _read(words(a))
-            t5 = time.perf_counter()
+            op = timed(prepare, fn)
+            passes = {ahead: (timed(prepare, lambda: [_stream(words(a), one, ahead)
+                                                      for a in arrays]),
+                              timed(prepare, lambda: [_read(words(a), ahead)
+                                                      for a in arrays]))
+                      for ahead in FLOOR_AHEAD}
             if i >= warmup:
-                for k, v in enumerate((t1 - t, t3 - t2, t5 - t4)):
-                    times[name][k].append(v)
-    return {name: tuple(float(np.median(v)) for v in tv) for name, tv in times.items()}
+                times[name][0].append(op)
+                for ahead, tp in passes.items():
+                    for k in (0, 1):
+                        times[name][1][ahead][k].append(tp[k])
+    out = {}
+    for name, (op, passes) in times.items():
+        med = {ahead: (np.median(st), np.median(rd)) for ahead, (st, rd) in passes.items()}
+        best = min(FLOOR_AHEAD, key=lambda ahead: med[ahead][0])
+        out[name] = (float(np.median(op)), float(med[best][0]), float(med[best][1]),
+                     best is not None)
+    return out
 
 
 def bench_row(shape, dtype, fmt, repeats=7, compare=True):
@@ -298,13 +313,13 @@ def bench_row(shape, dtype, fmt, repeats=7, compare=True):
     hot = max(hot, stream_bandwidth(x0.nbytes))  # best of before and after
     row = dict(shape=list(shape), dtype=dtype, layout=fmt, bytes=int(x0.nbytes),
                elements=int(x0.size), hot_bandwidth_GBps=hot / 1e9)
-    for op, (sec, stream_sec, read_sec) in t.items():
+    for op, (sec, stream_sec, read_sec, prefetched) in t.items():
         bw = 2 * len(ops[op][2]) * x0.nbytes / stream_sec
         floor = PASSES[op] * x0.nbytes / bw
         row[op] = dict(seconds=sec, GBps=PASSES[op] * x0.nbytes / sec / 1e9,
                        bandwidth_GBps=bw / 1e9, floor_seconds=floor, ratio_to_floor=sec / floor,
                        ratio_to_hot_floor=sec * hot / (PASSES[op] * x0.nbytes),
-                       read_over_stream=read_sec / stream_sec,
+                       read_over_stream=read_sec / stream_sec, floor_prefetched=prefetched,
                        read_bound_ratio=READS[op] * read_sec / floor)
     if x0.nbytes <= BACK_TO_BACK_MAX:  # training forward renormalizes: values stay O(1)
         row["forward-train"]["back_to_back_seconds"] = _per_call(ops["forward-train"][0],
@@ -437,7 +452,7 @@ def table(results):
              "a parallel region (start and join the threads): " + ", ".join(
                  f"{k.replace('_', ' ')} {v * 1e6:.1f} µs"
                  for k, v in results.get("parallel_region_seconds", {}).items()),
-             "", f"{'shape':22} {'dtype':8} {'layout':6} {'GB/s*':>11} {'read/rw':>9} "
+             "", f"{'shape':22} {'dtype':8} {'layout':6} {'GB/s*':>11} {'pf':>2} {'read/rw':>9} "
              f"{'fwd-train':>16} {'fwd-eval':>16} {'bwd-train':>16} {'fused-eval':>16} "
              f"{'numpy':>6} "
              f"{'torch f':>7} {'torch fb':>8}"]
@@ -454,6 +469,8 @@ def table(results):
         lines.append(f"{str(tuple(r['shape'])):22} {r['dtype']:8} {r['layout']:6} "
                      f"{r['forward-train']['bandwidth_GBps']:5.1f}/"
                      f"{r['backward-train']['bandwidth_GBps']:5.1f} "
+                     + "".join("yn"[not r[op].get("floor_prefetched", False)]
+                               for op in ("forward-train", "backward-train")) + " "
                      f"{r['forward-train'].get('read_over_stream', np.nan):4.2f}/"
                      f"{r['backward-train'].get('read_over_stream', np.nan):4.2f} "
                      + " ".join(cells) + " "
@@ -464,7 +481,8 @@ def table(results):
             lines.append(f"{str(tuple(r['shape']))} {r['dtype']} {r['layout']}: forward-train "
                          f"{b2b * 1e6:.1f} us per call back to back")
     lines += ["", "time and time/floor per operation; GB/s*: streaming bandwidth measured on "
-              "the operation's arrays in its conditions (forward / backward); read/rw: a read-only "
+              "the operation's arrays in its conditions (forward / backward); pf: whether the faster "
+              "stream, which sets the floor, prefetched in software (forward, backward); read/rw: a read-only "
               "pass over the same arrays in the same conditions, over that in-place pass "
               "(forward / backward); numpy / torch f / torch fb: their time over numbaabn's "
               "(forward+backward; torch f: forward only)"]

@@ -139,8 +139,9 @@ act_inverse = act_grad_from_output = act_grad_from_input = act_forward
 # The kernels walk one stream per array and ask for the lines _AHEAD bytes ahead of
 # each chunk instead (a prefetch past the end of an array never faults). That was a Zen
 # 3 EPYC (znver3); on a Zen 4 EPYC (znver4) the same prefetch made the kernels 0-40%
-# slower, so it runs only where _config.PREFETCH is on (``NUMBAABN_PREFETCH``: by
-# default on the CPUs of ``_config.PREFETCH_CPUS``).
+# slower, on an Intel Xeon VM (rocketlake) 0-17% faster, so it runs only where
+# _config.PREFETCH is on (``NUMBAABN_PREFETCH``: by default on the CPUs of
+# ``_config.PREFETCH_CPUS``).
 
 @intrinsic
 def _prefetch(typingctx, arr, offset):
@@ -159,14 +160,15 @@ def _prefetch(typingctx, arr, offset):
 
 
 # Prefetch distances in bytes (_prefetch_bytes picks one per walk). A channels-first
-# chunk (_BLOCK elements) asks for the lines one float32 chunk ahead: (32, 128, 56, 56)
-# float32, median of 31-41 alternating calls, 4 runs: forward-train 1.60-1.64 ->
-# 1.42-1.45x the floor, forward-eval 1.23 -> 1.11-1.15x at 4096 bytes against 1024
-# (8192: the same; backward-train unchanged). Channels-last rows (512 bytes there) ran
-# 3-9% slower at 512 and at 1536-4096 bytes ahead than at 1024; the streaming pass that
-# sets the floor (bench._stream, 1024-element chunks) is fastest at 1024 too.
-_AHEAD = 1024        # ahead of each channels-last row (and of bench._stream's chunks)
-_AHEAD_CHUNK = 4096  # ahead of each channels-first chunk
+# chunk (_BLOCK elements) asks for its lines _config.PREFETCH_CHUNK bytes ahead, per CPU:
+# one float32 chunk (4096) on the Zen 3, where against 1024 (32, 128, 56, 56) float32,
+# median of 31-41 alternating calls, 4 runs, forward-train ran 1.60-1.64 -> 1.42-1.45x
+# the floor, forward-eval 1.23 -> 1.11-1.15x (8192: the same; backward-train
+# unchanged); 1024 on the Xeon, where 4096 was as slow as no prefetch. Channels-last
+# rows (512 bytes on the Zen 3) ran 3-9% slower at 512 and at 1536-4096 bytes ahead
+# than at 1024, on both CPUs; bench's prefetched floor pass asks for 1024 too.
+_AHEAD = 1024                          # ahead of each channels-last row
+_AHEAD_CHUNK = _config.PREFETCH_CHUNK  # ahead of each channels-first chunk
 
 
 def _ahead(row, nbytes):
@@ -346,16 +348,25 @@ def _recentre(a1, a2, cnt, k, knew):
 # does not grow with the tensor, and the block loops run at the speed of float32
 # vectors (float64 accumulation of every element converts every element: ~1.5x
 # slower). For float64 data the blocks are float64. Statistics are centred: channels
-# first, each work item on the mean of its first block of each channel (read again from
-# L1); channels last, every item on one centre per channel, the mean of 8-32 rows spread
+# first, each work item on the mean of the first _CENTRE values of each channel's row
+# (short rows: the whole row of its first sample); channels last, every item on one
+# centre per channel, the mean of 8-32 rows spread
 # over the tensor (_sample_centre, before the items: an item's own first block would be
 # read twice from beyond L1, ~0.1-0.3 stream passes where items are short). An outlier
-# moves a centre by at most its share of the block or sample. Each item's sums move to
+# moves a centre by at most its share of the values or rows it is the mean of. Each item's sums move to
 # the channel's shift exactly in float64 before they fold. Limit: float32 squares
 # overflow beyond |x - mean| ~ 1e19, where the statistics come out non-finite and
 # training raises.
 _BLOCK = 1024
 _ROWS = 32
+# Until the twenty-sixth session the centre was the mean of a long row's first block
+# (1024 values), a second pass over them from L1. On the Xeon, statistics alone after
+# a restore, (32, 128, 56, 56) float32 NCHW, 21 alternating calls, four runs, in
+# prefetched read-only passes: 1024 values 1.45 / 1.39 / 1.43 / 1.44, 256 values 1.34 /
+# 1.30 / 1.40 / 1.37 (64: 1.33 / 1.31). Fewer values let an outlier move the centre
+# further: the M2 of (1, 2, 300000) N(0, 1) with a first value of 1e4, worst relative
+# error of 5 draws, 3.0e-7 at 1024 and 256 values, 6.1e-7 at 128, 1.1e-6 at 64.
+_CENTRE = 256
 
 
 @_inline
@@ -404,18 +415,12 @@ def _statistics_cf(x, shift, part, scratch, nbn, nbc, nbs, ahead, out, zero):
             for n in range(n0, n1):
                 for c in range(c0, c1):
                     xr = x[n, c, s0:s1]
-                    start = 0
+                    if n == n0:  # centre the channel on the mean of its first values
+                        kc[c] = _block_mean(xr[:min(_CENTRE, s1 - s0)], zero)
+                    k = kc[c]
                     a1 = 0.0
                     a2 = 0.0
-                    if n == n0:  # centre the channel on the mean of its first block, in L1
-                        first = xr[:min(_BLOCK, s1 - s0)]
-                        _ahead(first, ahead)
-                        k = _block_mean(first, zero)
-                        kc[c] = k
-                        a1, a2 = _centred_sums(first, k, zero)
-                        start = len(first)
-                    k = kc[c]
-                    for j0 in range(start, s1 - s0, _BLOCK):
+                    for j0 in range(0, s1 - s0, _BLOCK):
                         blk = xr[j0:min(j0 + _BLOCK, s1 - s0)]
                         _ahead(blk, ahead)
                         b1, b2 = _centred_sums(blk, k, zero)

@@ -42,9 +42,38 @@ def test_bench_row_fields_and_floors():
 
 
 def test_read_pass_reads_every_word():
+    """The read-only pass sums the words modulo 2**32 (in uint32 within a chunk, with
+    and without prefetch): every word counts."""
     a = np.arange(5000, dtype=np.uint32) * np.uint32(2654435761)  # wraps: large words
-    assert bench._read(a) == int(a.sum(dtype=np.int64))
-    assert bench._read(a[:7]) == int(a[:7].sum(dtype=np.int64))  # shorter than a chunk
+    for ahead in bench.FLOOR_AHEAD:
+        assert bench._read(a, ahead) == int(a.sum(dtype=np.uint64)) % 2 ** 32
+        assert bench._read(a[:7], ahead) == int(a[:7].sum(dtype=np.uint64)) % 2 ** 32
+        b = a.copy()
+        b[4321] += np.uint32(1)
+        assert bench._read(b, ahead) == (bench._read(a, ahead) + 1) % 2 ** 32
+
+
+def test_stream_pass_scales_every_element():
+    for ahead in bench.FLOOR_AHEAD:
+        a = np.arange(3001, dtype=np.float32)
+        bench._stream(a, np.float32(2.0), ahead)
+        assert np.array_equal(a, 2 * np.arange(3001, dtype=np.float32))
+
+
+def test_floor_is_the_faster_stream(monkeypatch):
+    """The floor's stream runs plain and prefetched; the slower setting never sets it."""
+    import time
+    stream = bench._stream
+    for slow in bench.FLOOR_AHEAD:
+        def delayed(a, s, ahead=None, slow=slow):
+            if ahead == slow:
+                time.sleep(0.02)
+            stream(a, s, ahead)
+        monkeypatch.setattr(bench, "_stream", delayed)
+        x = np.ones(1 << 12, np.float32)
+        t = bench._paired_times({"op": (lambda: None, lambda: None, (x,))}, repeats=3)
+        sec, stream_sec, read_sec, prefetched = t["op"]
+        assert prefetched is (slow is None) and stream_sec < 0.02 and read_sec < 0.02
 
 
 def test_bench_run_and_table():
@@ -64,9 +93,17 @@ def test_bench_run_and_table():
     assert r["machine"]["llvm_cpu"] == _config.host_cpu() and r["machine"]["llvm_cpu"]
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[1] / "benchmarks"))
     import report
+    # the floor: the faster of the plain and the prefetched pass, said with how often
+    # each won; the kernels' own setting beside it
+    cells = [x[op]["floor_prefetched"] for x in r["rows"] for op in bench.PASSES]
+    assert all(isinstance(c, bool) for c in cells)
     for on in (True, False):
-        said = report._floor_prefetch(dict(r["machine"], prefetch=on))
-        assert ("prefetches ahead" in said) is on and ("Neither" in said) is not on
+        said = report._floor_prefetch(dict(r, machine=dict(r["machine"], prefetch=on)))
+        assert ("do not prefetch" in said) is not on
+        assert f"in {sum(cells)} of {len(cells)} cells" in said
+    old = dict(r, rows=[{op: {k: v for k, v in x[op].items() if k != "floor_prefetched"}
+                         for op in bench.PASSES} for x in r["rows"]])
+    assert "one way" in report._floor_prefetch(old)
     assert f"LLVM `{_config.host_cpu()}`" in report._cpu_details(r["machine"])
 
 

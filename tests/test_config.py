@@ -16,7 +16,7 @@ ref = (x0 - x0.mean((0, 2), keepdims=True)) / np.sqrt(x0.var((0, 2), keepdims=Tr
 ref = np.where(ref >= 0, ref, 0.01 * ref)
 assert np.allclose(x, ref, rtol=1e-12, atol=1e-12)
 print(_config.CACHE, sorted(_config.FASTMATH) if _config.FASTMATH else False, _config.PARALLEL_MIN,
-      _config.PREFETCH, _config.host_cpu())
+      _config.PREFETCH, _config.PREFETCH_CHUNK, _config.host_cpu())
 """
 
 
@@ -30,9 +30,12 @@ def run(**env):
 def test_defaults():
     p = run()
     assert p.returncode == 0, p.stderr
-    *line, cpu = p.stdout.split("\n")[0].split(" ")
-    auto = str(cpu in ("znver3",))  # NUMBAABN_PREFETCH=auto: on for the CPUs measured to gain
+    *line, chunk, cpu = p.stdout.split("\n")[0].split(" ")
+    # NUMBAABN_PREFETCH=auto: on for the CPUs measured to gain, each with its distance
+    # ahead of a channels-first chunk (1 KB where it is forced on elsewhere)
+    auto = str(cpu in ("znver3", "rocketlake"))
     assert " ".join(line) == f"True ['afn', 'arcp', 'contract', 'nsz', 'reassoc'] 2097152 {auto}"
+    assert int(chunk) == {"znver3": 4096}.get(cpu, 1024)
 
 
 def test_prefetch_auto_follows_the_cpu(monkeypatch):
@@ -40,7 +43,8 @@ def test_prefetch_auto_follows_the_cpu(monkeypatch):
     CPU is the one Numba compiles for: NUMBA_CPU_NAME where set (not "host")."""
     from numba.core import config
     from numbaabn import _config
-    for cpu, setting, want in [("znver3", "auto", True), ("znver4", " AUTO", False),
+    for cpu, setting, want in [("znver3", "auto", True), ("rocketlake", "auto", True),
+                               ("znver4", " AUTO", False), ("skylake-avx512", "auto", False),
                                ("generic", "auto", False), ("znver4", "1", True),
                                ("znver3", "0", False), ("znver3", "off", False)]:
         assert _config._read_prefetch(setting, cpu) is want, (cpu, setting)
