@@ -1098,11 +1098,13 @@ def _prefetch_bytes(v, row, target, distance):
     its passes 6-20% slower while they were bound by the conversions; with the plain
     conversions, (32, 128, 56, 56), two runs of 9 repeats: NCHW backward-train
     1.47-1.49x -> 1.88-1.96x the floor, NHWC forward-train 2.32-3.35x -> 1.95-2.24x: not
-    kept), not for chunks under 512 bytes (a 7x7 row: the prefetch loop in the row loop
-    made (64, 2048, 7, 7) forward-eval 1.4x slower, even where it did not run), nowhere
-    where ``_config.PREFETCH`` is off (``NUMBAABN_PREFETCH``: 0, or ``auto`` on a CPU
-    not in ``_config.PREFETCH_CPUS``)."""
-    if not _config.PREFETCH or not target or v.itemsize < 4 or row * v.itemsize < 512:
+    kept), not for chunks under ``_config.PREFETCH_ROW_MIN`` bytes (on the Zen 3, 512:
+    the prefetch loop in the row loop of a 7x7 row made (64, 2048, 7, 7) forward-eval
+    1.4x slower, even where it did not run; on the Xeon short rows gain, see
+    ``_config.PREFETCH_CPUS``), nowhere where ``_config.PREFETCH`` is off
+    (``NUMBAABN_PREFETCH``: 0, or ``auto`` on a CPU not in ``_config.PREFETCH_CPUS``)."""
+    if not _config.PREFETCH or not target or v.itemsize < 4 or \
+            row * v.itemsize < _config.PREFETCH_ROW_MIN:
         return None
     return distance
 

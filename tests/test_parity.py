@@ -147,20 +147,23 @@ def spy_walk(monkeypatch, whole_rows_seen=None, streams_seen=None):
 
 @pytest.mark.parametrize("shape", [(16, 256, 7, 7), (4, 64, 28, 28)], ids=["7x7", "28x28"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_large_tensor_short_rows_match_reference(dtype, shape, rng, monkeypatch):
+@pytest.mark.parametrize("row_min", [512, 0], ids=["rows>=512B", "all-rows"])
+def test_large_tensor_short_rows_match_reference(row_min, dtype, shape, rng, monkeypatch):
     """Channels-first rows of at most ``cpu._BLOCK`` positions above the parallel
-    threshold, taken whole by the parallel kernels (7x7: not prefetched; 28x28: rows of
-    3 KB, prefetched: switched on here whatever the machine's default), in place and on
-    the standard path, against the reference. Every item is one contiguous piece of
-    memory (whole samples, or channels of one sample); the reductions (statistics,
-    backward reduce) walk in at most ``cpu._STREAM_ITEMS`` items."""
+    threshold, taken whole by the parallel kernels (7x7: prefetched only where the CPU's
+    shortest prefetched row, ``_config.PREFETCH_ROW_MIN``, allows; 28x28: rows of 3 KB,
+    prefetched: switched on here whatever the machine's default), in place and on the
+    standard path, against the reference. Every item is one contiguous piece of memory
+    (whole samples, or channels of one sample); the reductions (statistics, backward
+    reduce) walk in at most ``cpu._STREAM_ITEMS`` items."""
     monkeypatch.setattr(cpu._config, "PREFETCH", True)
+    monkeypatch.setattr(cpu._config, "PREFETCH_ROW_MIN", row_min)
     assert np.prod(shape) >= cpu._config.PARALLEL_MIN and shape[2] * shape[3] <= cpu._BLOCK
     streams = []
     seen = spy_walk(monkeypatch, streams_seen=streams)
     check_inplace(dtype, "leaky_relu", False, shape, "train", "signed", rng)
     assert seen and all(kind == "cf" and nb[0] * nb[1] > 1 for _, kind, nb in seen)
-    assert all((nb[3] is None) == (shape[2] == 7) for _, _, nb in seen)
+    assert all((nb[3] is None) == (shape[2] == 7 and row_min == 512) for _, _, nb in seen)
     assert True in streams and False in streams
     for (v, _, nb), stats in zip(seen, streams):
         N, C, S = v.shape
