@@ -18,8 +18,8 @@ variable                   meaning (default)
                            one of ``PREFETCH_CPUS``, measured to gain from it:
                            ``znver3`` (an AVX2 Zen 3 EPYC, ~20% faster) and
                            ``rocketlake`` (what LLVM calls the AVX-512 Intel
-                           Xeon VM of BENCHMARKS.md: 5-17% faster where it
-                           gained); not elsewhere (a Zen 4 EPYC, ``znver4``, ran
+                           Xeon VM of BENCHMARKS.md: 0-18% less time a call,
+                           7x7 rows too); not elsewhere (a Zen 4 EPYC, ``znver4``, ran
                            0-40% slower with it; unmeasured CPUs get their
                            hardware prefetcher alone). ``1`` / ``0`` force it
                            on / off
