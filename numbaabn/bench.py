@@ -481,8 +481,9 @@ def table(results):
             lines.append(f"{str(tuple(r['shape']))} {r['dtype']} {r['layout']}: forward-train "
                          f"{b2b * 1e6:.1f} us per call back to back")
     lines += ["", "time and time/floor per operation; GB/s*: streaming bandwidth measured on "
-              "the operation's arrays in its conditions (forward / backward); pf: whether the faster "
-              "stream, which sets the floor, prefetched in software (forward, backward); read/rw: a read-only "
+              "the operation's arrays in its conditions (forward / backward); pf: whether the "
+              "faster stream, which sets the floor, prefetched in software (forward, backward); "
+              "read/rw: a read-only "
               "pass over the same arrays in the same conditions, over that in-place pass "
               "(forward / backward); numpy / torch f / torch fb: their time over numbaabn's "
               "(forward+backward; torch f: forward only)"]

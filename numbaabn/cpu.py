@@ -139,7 +139,7 @@ act_inverse = act_grad_from_output = act_grad_from_input = act_forward
 # The kernels walk one stream per array and ask for the lines _AHEAD bytes ahead of
 # each chunk instead (a prefetch past the end of an array never faults). That was a Zen
 # 3 EPYC (znver3); on a Zen 4 EPYC (znver4) the same prefetch made the kernels 0-40%
-# slower, on an Intel Xeon VM (rocketlake) 0-17% faster, so it runs only where
+# slower, on an Intel Xeon VM (rocketlake) 0-18% faster, so it runs only where
 # _config.PREFETCH is on (``NUMBAABN_PREFETCH``: by default on the CPUs of
 # ``_config.PREFETCH_CPUS``).
 
@@ -353,10 +353,10 @@ def _recentre(a1, a2, cnt, k, knew):
 # centre per channel, the mean of 8-32 rows spread
 # over the tensor (_sample_centre, before the items: an item's own first block would be
 # read twice from beyond L1, ~0.1-0.3 stream passes where items are short). An outlier
-# moves a centre by at most its share of the values or rows it is the mean of. Each item's sums move to
-# the channel's shift exactly in float64 before they fold. Limit: float32 squares
-# overflow beyond |x - mean| ~ 1e19, where the statistics come out non-finite and
-# training raises.
+# moves a centre by at most its share of the values or rows it is the mean of. Each
+# item's sums move to the channel's shift exactly in float64 before they fold. Limit:
+# float32 squares overflow beyond |x - mean| ~ 1e19, where the statistics come out
+# non-finite and training raises.
 _BLOCK = 1024
 _ROWS = 32
 # Until the twenty-sixth session the centre was the mean of a long row's first block
