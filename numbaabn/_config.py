@@ -65,13 +65,16 @@ def _read_switch(value):
 # channels-first chunk of 1024 elements asks for its lines (channels-last rows: 1024
 # bytes everywhere, cpu._AHEAD) and the shortest row or chunk (bytes) that prefetches.
 # On the Zen 3, 4096 bytes ahead of a chunk ran faster than 1024 ((32, 128, 56, 56)
-# float32 forward-train 1.60-1.64 -> 1.42-1.45x the floor), and prefetching 7x7 rows
+# float32, 31-41 alternating calls, 4 runs: forward-train 1.60-1.64 -> 1.42-1.45x the
+# floor, forward-eval 1.23 -> 1.11-1.15x; 8192 the same), and prefetching 7x7 rows
 # made (64, 2048, 7, 7) forward-eval 1.4x slower. On the Xeon, 15 alternating calls,
 # distances 0 / 512 / 1024 / 2048 / 4096 bytes: forward-train 1.73 / 1.62 / 1.63 / 1.70
 # / 1.74x, forward-eval 1.19 / 1.14 / 1.15 / 1.25 / 1.33x; 7x7 rows prefetched, (64,
 # 2048, 7, 7) NCHW, two runs of 13: forward-train 1.90 / 2.19 -> 1.60 / 1.82x,
 # backward-train 1.66 / 1.92 -> 1.36 / 1.59x, forward-eval 1.29 / 1.43 -> 1.19 / 1.51x.
 PREFETCH_CPUS = {"znver3": (4096, 512), "rocketlake": (1024, 0)}
+
+
 def host_cpu():
     """LLVM's name for the CPU the kernels are compiled for (Numba's ``NUMBA_CPU_NAME``
     where set, else the host's: ``znver3``, ``znver4``, ``skylake-avx512``...)."""
@@ -90,9 +93,10 @@ def _read_prefetch(value, cpu):
 CACHE = _read_switch(os.environ.get("NUMBAABN_CACHE", "1"))
 FASTMATH = _read_fastmath(os.environ.get("NUMBAABN_FASTMATH", "1"))
 PARALLEL_MIN = int(os.environ.get("NUMBAABN_PARALLEL_MIN", str(1 << 21)))
-PREFETCH = _read_prefetch(os.environ.get("NUMBAABN_PREFETCH", "auto"), host_cpu())
+_CPU = host_cpu()
+PREFETCH = _read_prefetch(os.environ.get("NUMBAABN_PREFETCH", "auto"), _CPU)
 # where it is forced on elsewhere: 1 KB ahead, rows from 512 bytes
-PREFETCH_CHUNK, PREFETCH_ROW_MIN = PREFETCH_CPUS.get(host_cpu(), (1024, 512))
+PREFETCH_CHUNK, PREFETCH_ROW_MIN = PREFETCH_CPUS.get(_CPU, (1024, 512))
 
 
 def jit_options(parallel):

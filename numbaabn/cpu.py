@@ -160,15 +160,13 @@ def _prefetch(typingctx, arr, offset):
 
 
 # Prefetch distances in bytes (_prefetch_bytes picks one per walk). A channels-first
-# chunk (_BLOCK elements) asks for its lines _config.PREFETCH_CHUNK bytes ahead, per CPU:
-# one float32 chunk (4096) on the Zen 3, where against 1024 (32, 128, 56, 56) float32,
-# median of 31-41 alternating calls, 4 runs, forward-train ran 1.60-1.64 -> 1.42-1.45x
-# the floor, forward-eval 1.23 -> 1.11-1.15x (8192: the same; backward-train
-# unchanged); 1024 on the Xeon, where 4096 was as slow as no prefetch. Channels-last
-# rows (512 bytes on the Zen 3) ran 3-9% slower at 512 and at 1536-4096 bytes ahead
-# than at 1024, on both CPUs; bench's prefetched floor pass asks for 1024 too.
-_AHEAD = 1024                          # ahead of each channels-last row
-_AHEAD_CHUNK = _config.PREFETCH_CHUNK  # ahead of each channels-first chunk
+# chunk (_BLOCK elements) asks for its lines _config.PREFETCH_CHUNK bytes ahead, chosen
+# per CPU (see _config.PREFETCH_CPUS). Channels-last rows ask 1024 bytes ahead: on the
+# Zen 3 (rows of 512 bytes there) they ran 3-9% slower at 512 and at 1536-4096 bytes
+# ahead; on the Xeon, (32, 128, 56, 56) NHWC forward-train 1.52 / 1.51 / 1.46 / 1.51x
+# the floor at 256 / 512 / 1024 / 2048 bytes. bench's prefetched floor pass asks for
+# 1024 too.
+_AHEAD = 1024  # ahead of each channels-last row
 
 
 def _ahead(row, nbytes):
@@ -1084,7 +1082,8 @@ def _walk(groups, target, whole_rows=False, streams=False):
                 short = streams and v.shape[2] < _BLOCK
                 nb = _blocks_cf(v.shape, min(target, _STREAM_ITEMS) if short else target)
                 row = min(-(-v.shape[2] // nb[2]), _BLOCK)
-                yield g, "cf", nb + (_prefetch_bytes(v, row, target, _AHEAD_CHUNK),), r
+                yield g, "cf", nb + (_prefetch_bytes(v, row, target,
+                                                        _config.PREFETCH_CHUNK),), r
             else:
                 nb = _blocks_cl(v.shape, target, whole_rows)
                 row = -(-v.shape[1] // nb[1])

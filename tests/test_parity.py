@@ -110,7 +110,7 @@ def test_large_tensor_walk_matches_reference(dtype, cl, rng, monkeypatch):
     if dtype == np.float16:
         assert seen and all(b is None for b in seen)
     else:
-        assert seen and all(b == (cpu._AHEAD if cl else cpu._AHEAD_CHUNK) for b in seen)
+        assert seen and all(b == (cpu._AHEAD if cl else cpu._config.PREFETCH_CHUNK) for b in seen)
 
 
 @pytest.mark.parametrize("cl", [False, True], ids=["NCHW", "NHWC"])
