@@ -294,6 +294,27 @@ def _grad(sv, dv, h, g, e, a, from_x):
 # chunked walk, float32 NCHW: (64, 2048, 7, 7) forward-eval 2.00 -> 1.68x the floor,
 # forward-train 2.97 -> 2.50x, backward-train 2.50 -> 2.37x; (32, 512, 14, 14) 1.43 ->
 # 1.14x, 1.89 -> 1.64x, 2.54 -> 2.47x; (32, 256, 28, 28) forward-eval 1.32 -> 1.22x.
+# Longer rows are walked in chunks of at most _BLOCK positions that end where memory
+# is a whole number of _BLOCK elements from the view's first element (_chunk_end), not
+# every _BLOCK positions from each row's start: a large array's data starts 16 bytes
+# past a 4 KB page, so each chunk, and the prefetch of the lines ahead of it, keeps to
+# about one page. On the Xeon of BENCHMARKS.md, (32, 128, 56, 56) float32 NCHW (rows
+# of 3136 positions, 12.25 KB), after the bench's restore: the statistics' loop alone,
+# 21-41 alternating calls, 1.16-1.26 -> 1.07-1.15 read-only passes; through the layer,
+# 15-31 alternating calls, five runs, in floors (the prefetched stream pass),
+# forward-train 1.62-1.74 -> 1.57-1.67, forward-eval 1.20-1.33 -> 1.09-1.23,
+# backward-train 1.70-1.88 -> 1.63-1.74. Rows of a whole number of blocks (64x64,
+# 224x224) are walked as before.
+
+
+@_inline
+def _chunk_end(x, n, c, j0, s1):
+    """End of the chunk of row (n, c) of ``x`` starting at position j0, at most _BLOCK
+    positions on: where the row's positions are contiguous, the next one a whole number
+    of _BLOCK elements from x's first element in memory, or s1 (see the note above)."""
+    off = (n * x.strides[0] + c * x.strides[1] + j0 * x.strides[2]) // x.itemsize
+    return min(s1, j0 + _BLOCK - off % _BLOCK)
+
 
 @_inline
 def _fold(part, out):
@@ -418,12 +439,15 @@ def _statistics_cf(x, shift, part, scratch, nbn, nbc, nbs, ahead, out, zero):
                     k = kc[c]
                     a1 = 0.0
                     a2 = 0.0
-                    for j0 in range(0, s1 - s0, _BLOCK):
-                        blk = xr[j0:min(j0 + _BLOCK, s1 - s0)]
+                    j0 = s0
+                    while j0 < s1:
+                        j1 = _chunk_end(x, n, c, j0, s1)
+                        blk = x[n, c, j0:j1]
                         _ahead(blk, ahead)
                         b1, b2 = _centred_sums(blk, k, zero)
                         a1 += b1
                         a2 += b2
+                        j0 = j1
                     p1[c] += a1
                     p2[c] += a2
         cnt = np.float64((n1 - n0) * (s1 - s0))
@@ -471,18 +495,20 @@ def _forward_cf(x, out, inplace, coef, a, ia, lo, nbn, nbc, nbs, ahead):
                 h = coef[0, c]
                 g = coef[2, c]
                 e = coef[3, c]
-                for j0 in range(s0, s1, _BLOCK):
-                    j1 = min(j0 + _BLOCK, s1)
+                j0 = s0
+                while j0 < s1:
+                    j1 = _chunk_end(x, n, c, j0, s1)
                     xr = x[n, c, j0:j1]
                     _ahead(xr, ahead)
                     _forward_chunk(xr, out[n, c, j0:j1], inplace, h, g, e, a)
+                    j0 = j1
 
 
 @_inline
 def _chunk_pair(src, dz, n, c, j0, s1, ahead):
-    """Chunk j0:j1 (at most _BLOCK positions) of row (n, c) of ``src`` and ``dz``, with
+    """Chunk j0:j1 (``_chunk_end`` of ``src``) of row (n, c) of ``src`` and ``dz``, with
     the lines ahead of both requested: ``(j1, src chunk, dz chunk)``."""
-    j1 = min(j0 + _BLOCK, s1)
+    j1 = _chunk_end(src, n, c, j0, s1)
     sr = src[n, c, j0:j1]
     dr = dz[n, c, j0:j1]
     _ahead(sr, ahead)
@@ -526,8 +552,9 @@ def _backward_reduce_cf(src, dz, coef, a, ia, lo, from_x, part, scratch, nbn, nb
             continue
         for n in range(n0, n1):
             for c in range(c0, c1):
-                for j0 in range(s0, s1, _BLOCK):
-                    j1, sr, dr = _chunk_pair(src, dz, n, c, j0, s1, ahead)
+                j0 = s0
+                while j0 < s1:
+                    j0, sr, dr = _chunk_pair(src, dz, n, c, j0, s1, ahead)
                     a1, a2 = _grad_sums(sr, dr, coef, c, a, ia, lo, from_x)
                     p1[c] += a1
                     p2[c] += a2
@@ -594,7 +621,8 @@ def _backward_apply_cf(src, dz, dx, inplace, coef, a, ia, lo, from_x, train, nbn
                     else:
                         _apply_rows((sr,), drs, (dx[n, c],), dx, cc, a, ia, lo, from_x, train)
                     continue
-                for j0 in range(s0, s1, _BLOCK):
+                j0 = s0
+                while j0 < s1:
                     j1, sr, dr = _chunk_pair(src, dz, n, c, j0, s1, ahead)
                     drs = (dr,)
                     if inplace:
@@ -602,6 +630,7 @@ def _backward_apply_cf(src, dz, dx, inplace, coef, a, ia, lo, from_x, train, nbn
                     else:
                         _apply_rows((sr,), drs, (dx[n, c, j0:j1],), dx, cc, a, ia, lo, from_x,
                                     train)
+                    j0 = j1
 
 
 # ---- channels last: views (M, C) ---------------------------------------------------

@@ -104,13 +104,59 @@ def test_large_tensor_walk_matches_reference(dtype, cl, rng, monkeypatch):
         return seen[-1]
 
     monkeypatch.setattr(cpu, "_prefetch_bytes", spy)
-    shape = (4, 128, 128, 8) if cl else (2, 8, 96, 96)  # chunks of >= 512 bytes
+    # chunks of >= 512 bytes; channels first, rows of 9215 positions: their chunks start
+    # off the rows' starts (cpu._chunk_end)
+    shape = (4, 128, 128, 8) if cl else (2, 8, 97, 95)
     assert np.prod(shape) >= cpu._config.PARALLEL_MIN
     check_inplace(dtype, "leaky_relu", cl, shape, "train", "signed", rng)
     if dtype == np.float16:
         assert seen and all(b is None for b in seen)
     else:
         assert seen and all(b == (cpu._AHEAD if cl else cpu._config.PREFETCH_CHUNK) for b in seen)
+
+
+@numba.njit
+def chunks_of_rows(x, s0, s1):
+    """(n, c, j0, j1) of every chunk the channels-first kernels walk rows s0:s1 in."""
+    out = []
+    for n in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            j0 = s0
+            while j0 < s1:
+                j1 = cpu._chunk_end(x, n, c, j0, s1)
+                out.append((n, c, j0, j1))
+                j0 = j1
+    return out
+
+
+@pytest.mark.parametrize("shape,cut", [((3, 5, 3000), slice(None)), ((2, 4, 2600), slice(7, None)),
+                                       ((2, 3, 6000), slice(None, None, 3)),
+                                       ((2, 2, 4096), slice(None))],
+                         ids=["rows-3000", "offset-view", "strided", "rows-4096"])
+@pytest.mark.parametrize("dtype", [np.float32, np.uint16])
+def test_channels_first_chunks_end_on_memory_blocks(shape, cut, dtype):
+    """Long channels-first rows are walked in chunks of at most ``_BLOCK`` positions that
+    end where memory is a whole number of ``_BLOCK`` elements from the view's first
+    element, where the positions are contiguous (a large array's data starts 16 bytes
+    past a 4 KB page: chunks then start near page boundaries); chunks tile each row
+    once. Rows of a whole number of blocks
+    keep chunks of exactly ``_BLOCK``."""
+    x = np.zeros(shape, dtype)[:, :, cut]
+    N, C, S = x.shape
+    s0, s1 = 5, S - 3
+    got = chunks_of_rows(x, s0, s1)
+    assert len(got) >= N * C * ((s1 - s0) // cpu._BLOCK)
+    ends = {}
+    for n, c, j0, j1 in got:
+        assert ends.get((n, c), s0) == j0 and 0 < j1 - j0 <= cpu._BLOCK
+        ends[n, c] = j1
+        if j1 < s1 and x.strides[2] == x.itemsize:  # strided rows: chunks of <= _BLOCK only
+            off = (n * x.strides[0] + c * x.strides[1] + j1 * x.strides[2]) // x.itemsize
+            assert off % cpu._BLOCK == 0
+    assert ends == {(n, c): s1 for n in range(N) for c in range(C)}
+    if S % cpu._BLOCK == 0 and x.strides[2] == x.itemsize:
+        whole = chunks_of_rows(x, 0, S)
+        assert all(j1 - j0 == cpu._BLOCK for _, _, j0, j1 in whole)
 
 
 @pytest.mark.parametrize("cl", [False, True], ids=["NCHW", "NHWC"])
