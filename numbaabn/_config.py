@@ -63,7 +63,9 @@ def _read_switch(value):
 
 # The CPUs measured to gain from software prefetch, each with how far ahead (bytes) a
 # channels-first chunk of 1024 elements asks for its lines (channels-last rows: 1024
-# bytes everywhere, cpu._AHEAD) and the shortest row or chunk (bytes) that prefetches.
+# bytes everywhere, cpu._AHEAD), the shortest row or chunk (bytes) that prefetches, and
+# how far ahead the four streams of the channels-last reductions ask for their rows'
+# lines (None: they do not; see cpu._STREAM_ITEMS).
 # On the Zen 3, 4096 bytes ahead of a chunk ran faster than 1024 ((32, 128, 56, 56)
 # float32, 31-41 alternating calls, 4 runs: forward-train 1.60-1.64 -> 1.42-1.45x the
 # floor, forward-eval 1.23 -> 1.11-1.15x; 8192 the same), and prefetching 7x7 rows
@@ -72,7 +74,7 @@ def _read_switch(value):
 # / 1.74x, forward-eval 1.19 / 1.14 / 1.15 / 1.25 / 1.33x; 7x7 rows prefetched, (64,
 # 2048, 7, 7) NCHW, two runs of 13: forward-train 1.90 / 2.19 -> 1.60 / 1.82x,
 # backward-train 1.66 / 1.92 -> 1.36 / 1.59x, forward-eval 1.29 / 1.43 -> 1.19 / 1.51x.
-PREFETCH_CPUS = {"znver3": (4096, 512), "rocketlake": (1024, 0)}
+PREFETCH_CPUS = {"znver3": (4096, 512, None), "rocketlake": (1024, 0, 1024)}
 
 
 def host_cpu():
@@ -95,8 +97,8 @@ FASTMATH = _read_fastmath(os.environ.get("NUMBAABN_FASTMATH", "1"))
 PARALLEL_MIN = int(os.environ.get("NUMBAABN_PARALLEL_MIN", str(1 << 21)))
 _CPU = host_cpu()
 PREFETCH = _read_prefetch(os.environ.get("NUMBAABN_PREFETCH", "auto"), _CPU)
-# where it is forced on elsewhere: 1 KB ahead, rows from 512 bytes
-PREFETCH_CHUNK, PREFETCH_ROW_MIN = PREFETCH_CPUS.get(_CPU, (1024, 512))
+# where it is forced on elsewhere: 1 KB ahead, rows from 512 bytes, streams not
+PREFETCH_CHUNK, PREFETCH_ROW_MIN, PREFETCH_STREAMS = PREFETCH_CPUS.get(_CPU, (1024, 512, None))
 
 
 def jit_options(parallel):

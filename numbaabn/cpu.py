@@ -666,7 +666,7 @@ _SAMPLE_SERIAL_MAX = 1 << 17  # elements: a larger sample is read by all threads
 # The channels-last reductions (statistics, backward reduce) read each item as four
 # streams a quarter of its rows apart (one row of each a pass: a quarter of the block
 # sums' loads and stores per element), in at most _STREAM_ITEMS items, not prefetched
-# in software (their walk passes ``ahead`` None). Four adjacent rows a pass (until the
+# in software except where said below. Four adjacent rows a pass (until the
 # sixteenth session) ran 2-2.5x slower than one sequential read on the sixteenth
 # session's AMD EPYC (Zen 4): its hardware prefetcher follows four sequential
 # streams, not lines taken 512 bytes apart in turn (one thread, 51 MB, a
@@ -682,6 +682,18 @@ _SAMPLE_SERIAL_MAX = 1 << 17  # elements: a larger sample is read by all threads
 # 1.03-1.47), 0.90 on (64, 2048, 7, 7), 1.29 on (64, 3, 224, 224) (channels first 1.09,
 # 1.53).
 _STREAM_ITEMS = 8
+# Where _config.PREFETCH_STREAMS is set (the Xeon of BENCHMARKS.md), the streams ask for
+# the lines that distance past each row's, for rows of up to _STREAM_PREFETCH_MAX bytes:
+# all of a row's lines are asked for at once, and longer rows' bursts ran slower.
+# Statistics alone after a restore, float32, 31 alternating calls, two runs, in
+# read-only passes, not prefetched -> 1024 bytes ahead: (100352, 128) (merged rows of
+# 2 KB) 1.34 / 1.38 -> 1.25 / 1.29, (3211264, 3) (rows of 1920 bytes) 1.45 / 1.53 ->
+# 1.32 / 1.40, (3136, 2048) (rows of 8 KB) 1.41 / 1.37 -> 1.62 / 1.51. Through the
+# layer, (32, 128, 56, 56) NHWC, 21 alternating calls, three runs, in floors:
+# forward-train 1.63 / 1.62 / 1.69 -> 1.58 / 1.53 / 1.73, backward-train 1.74 / 1.64 /
+# 1.50 -> 1.61 / 1.62 / 1.54; (64, 2048, 7, 7) NHWC backward-train 1.84 / 1.66 -> 1.96 /
+# 1.77 with its 8 KB rows prefetched, hence the limit.
+_STREAM_PREFETCH_MAX = 2048
 
 
 def _statistics_cl(x, shift, part, scratch, nbm, nbc, _nb, ahead, out, zero):
@@ -714,6 +726,10 @@ def _statistics_cl(x, shift, part, scratch, nbm, nbc, _nb, ahead, out, zero):
                 xs = x[m + q, c0:c1]
                 xu = x[m + 2 * q, c0:c1]
                 xv = x[m + 3 * q, c0:c1]
+                _ahead(xr, ahead)
+                _ahead(xs, ahead)
+                _ahead(xu, ahead)
+                _ahead(xv, ahead)
                 for c in range(w):
                     d = load(xr[c]) - k[c]
                     e = load(xs[c]) - k[c]
@@ -813,6 +829,14 @@ def _backward_reduce_cl(src, dz, coef, a, ia, lo, from_x, part, scratch, nbm, nb
                                   src[m + 3 * q, c0:c1])
                 d0, d1, d2, d3 = (dz[m, c0:c1], dz[m + q, c0:c1], dz[m + 2 * q, c0:c1],
                                   dz[m + 3 * q, c0:c1])
+                _ahead(s0, ahead)
+                _ahead(s1, ahead)
+                _ahead(s2, ahead)
+                _ahead(s3, ahead)
+                _ahead(d0, ahead)
+                _ahead(d1, ahead)
+                _ahead(d2, ahead)
+                _ahead(d3, ahead)
                 for c in range(w):
                     g0, x0 = _grad_and_centred(load(s0[c]), load(d0[c]), h[c], b[c], g[c],
                                                e[c], k[c], f[c], a, ia, lo, from_x)
@@ -1101,7 +1125,12 @@ def _walk(groups, target, whole_rows=False, streams=False):
         for g, r in _widen(group, target):
             v = g[0]
             if v.ndim == 2 and streams:
-                yield g, "cl", _blocks_cl(v.shape, min(target, _STREAM_ITEMS)) + (None,), r
+                nb = _blocks_cl(v.shape, min(target, _STREAM_ITEMS))
+                row = -(-v.shape[1] // nb[1])
+                short = row * v.itemsize <= _STREAM_PREFETCH_MAX
+                ahead = _rows_ahead(v, row, _prefetch_bytes(
+                    v, row, target, _config.PREFETCH_STREAMS if short else None))
+                yield g, "cl", nb + (ahead,), r
             elif v.ndim == 3:
                 # the reductions over short rows (7x7...) in _STREAM_ITEMS items: each
                 # item's channels are centred on its first sample (read twice) and its

@@ -321,27 +321,42 @@ def test_split_channels_last_rows_prefetch_rows_ahead(dtype, rng, monkeypatch):
 @pytest.mark.parametrize("shape", [(8, 128, 64, 32), (128, 4096), (4, 63, 97, 3)],
                          ids=["rows-follow", "split-rows", "odd"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_channels_last_statistics_read_four_streams(dtype, shape, rng, monkeypatch):
+@pytest.mark.parametrize("streams_ahead", [None, 1024], ids=["streams", "streams-prefetched"])
+def test_channels_last_statistics_read_four_streams(streams_ahead, dtype, shape, rng,
+                                                     monkeypatch):
     """The channels-last reductions' walk (``streams``: statistics, backward reduce)
     splits a tensor above the parallel threshold into at most ``cpu._STREAM_ITEMS`` row
-    blocks, none prefetched; the element-wise walks of the same tensor keep
-    ``cpu.ITEMS`` items and their prefetch (switched on here whatever the machine's
-    default). Items of row counts that are not multiples of four (the odd shape: 97 * 4 *
-    63 positions widened, leftover rows) and the reference: forward and backward against
-    it."""
+    blocks, not prefetched unless ``_config.PREFETCH_STREAMS`` is set, and then only
+    rows of at most ``cpu._STREAM_PREFETCH_MAX`` bytes; the element-wise walks of the
+    same tensor keep ``cpu.ITEMS`` items and their prefetch (switched on here whatever
+    the machine's default). Items of row counts that are not multiples of four (the
+    odd shape: 97 * 4 * 63 positions widened, leftover rows) and the reference: forward
+    and backward against it."""
     monkeypatch.setattr(cpu._config, "PREFETCH", True)
+    monkeypatch.setattr(cpu._config, "PREFETCH_STREAMS", streams_ahead)
     if np.prod(shape) < cpu._config.PARALLEL_MIN:
         monkeypatch.setattr(cpu._config, "PARALLEL_MIN", int(np.prod(shape)))
     streams = []
     seen = spy_walk(monkeypatch, streams_seen=streams)
     check_inplace(dtype, "leaky_relu", True, shape, "train", "signed", rng)
     assert True in streams and False in streams
+    prefetched = []
     for (v, kind, nb), stats in zip(seen, streams):
         assert kind == "cl"
         if stats:
-            assert nb[3] is None and nb[0] <= cpu._STREAM_ITEMS and nb[0] * nb[1] > 1
+            assert nb[0] <= cpu._STREAM_ITEMS and nb[0] * nb[1] > 1
+            row = -(-v.shape[1] // nb[1])
+            if streams_ahead is None or row * v.itemsize > cpu._STREAM_PREFETCH_MAX:
+                assert nb[3] is None
+            else:
+                assert nb[3] == cpu._rows_ahead(v, row, streams_ahead) >= streams_ahead
+                prefetched.append(nb[3])
         elif v.size * v.itemsize >= 1 << 20:
             assert nb[0] * nb[1] > cpu._STREAM_ITEMS and nb[3] is not None
+    if streams_ahead is None:
+        assert not prefetched
+    elif dtype == np.float32 and shape != (128, 4096):  # merged rows of 2 KB, 1920 bytes
+        assert prefetched
 
 
 @pytest.mark.parametrize("rows", [1, 3, 4, 5, 31, 32, 33, 35, 36, 67])
