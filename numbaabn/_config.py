@@ -19,10 +19,11 @@ variable                   meaning (default)
                            ``znver3`` (an AVX2 Zen 3 EPYC, ~20% faster) and
                            ``rocketlake`` (what LLVM calls the AVX-512 Intel
                            Xeon VM of BENCHMARKS.md: 0-18% less time a call,
-                           7x7 rows too); not elsewhere (a Zen 4 EPYC, ``znver4``, ran
-                           0-40% slower with it; unmeasured CPUs get their
-                           hardware prefetcher alone). ``1`` / ``0`` force it
-                           on / off
+                           7x7 rows too, and the channels-last reductions'
+                           streams of rows up to 2 KB); not elsewhere (a Zen 4
+                           EPYC, ``znver4``, ran 0-40% slower with it; unmeasured
+                           CPUs get their hardware prefetcher alone). ``1`` /
+                           ``0`` force it on / off
 ``NUMBA_THREADING_LAYER``  Numba's own variable; numbaabn works with every layer
 ``OMP_WAIT_POLICY``        set to ``PASSIVE`` by numbaabn unless already set: GNU
                            OpenMP threads (Numba's default layer on Linux) otherwise
