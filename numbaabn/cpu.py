@@ -1503,8 +1503,9 @@ def copy(a, stream=None):
 def statistics(views, C, stream=None):
     """Per-channel count, mean and M2 (sum of squared deviations), float64 (C,).
 
-    Each work item centres its sums (on the mean of its first block, channels first;
-    on the mean of rows sampled over the tensor, channels last), then moves them to the
+    Each work item centres its sums (channels first, on the mean of the first
+    ``_CENTRE`` values of each channel's row, or of the whole row where rows are short;
+    channels last, on the mean of rows sampled over the tensor), then moves them to the
     channel's first element (exactly, in float64) to merge: the variance stays
     accurate for data with a large offset (x = 1e4 + N(0, 1)) or an outlier."""
     size = _size(views)
