@@ -100,8 +100,8 @@ def test_large_tensor_walk_matches_reference(dtype, cl, rng, monkeypatch):
     prefetch_bytes = cpu._prefetch_bytes
 
     def spy(v, row, target, distance):
-        seen.append(prefetch_bytes(v, row, target, distance))
-        return seen[-1]
+        seen.append((distance, prefetch_bytes(v, row, target, distance)))
+        return seen[-1][1]
 
     monkeypatch.setattr(cpu, "_prefetch_bytes", spy)
     # chunks of >= 512 bytes; channels first, rows of 9215 positions: their chunks start
@@ -110,9 +110,13 @@ def test_large_tensor_walk_matches_reference(dtype, cl, rng, monkeypatch):
     assert np.prod(shape) >= cpu._config.PARALLEL_MIN
     check_inplace(dtype, "leaky_relu", cl, shape, "train", "signed", rng)
     if dtype == np.float16:
-        assert seen and all(b is None for b in seen)
-    else:
-        assert seen and all(b == (cpu._AHEAD if cl else cpu._config.PREFETCH_CHUNK) for b in seen)
+        assert seen and all(b is None for _, b in seen)
+    else:  # every walk at the distance asked (the channels-last reductions' streams: None
+        # unless _config.PREFETCH_STREAMS is set and the rows are short, see
+        # test_channels_last_statistics_read_four_streams)
+        ahead = cpu._AHEAD if cl else cpu._config.PREFETCH_CHUNK
+        assert seen and all(b == d for d, b in seen) and ahead in {d for d, _ in seen}
+        assert {d for d, _ in seen} <= {ahead, None, cpu._config.PREFETCH_STREAMS}
 
 
 @numba.njit
