@@ -64,6 +64,59 @@ def test_statistics_hard_data_float32(shape, fmt, case, rng):
     assert np.all(np.abs(mean - ref_mean) <= 1e-6 * np.sqrt(ref_m2 / count))
 
 
+@njit
+def _vector_sums(row, k):
+    return cpu._vector_sums(row, k)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vector_row_sums_count_each_value_once(dtype):
+    """``cpu._vector_sums`` (short rows' statistics as LLVM vectors, the rest covered by
+    the row's last vector with its lanes already counted selected to 0): every value of
+    rows of 1 to 4 vectors and a few, at every alignment, counted exactly once. The
+    values k + 1, k + 2, ... make the sums exact integers, so a value counted twice or
+    missed changes them; a NaN or an infinity anywhere gives float64 NumPy's sums."""
+    w = cpu._VECTOR_BYTES // np.dtype(dtype).itemsize
+    k = dtype(1000.0)
+    buf = np.zeros(5 * w + 8, dtype)
+    for n in range(w, 4 * w + 3):
+        d = np.arange(1, n + 1, dtype=np.float64)
+        for off in (0, 1, 3):
+            row = buf[off:off + n]
+            row[:] = k + d
+            assert _vector_sums(row, k) == (d.sum(), (d * d).sum()), (n, off)
+    for n in (w + 1, 3 * w - 1):
+        for p in range(n):
+            for bad in (np.nan, np.inf, -np.inf):
+                row = buf[1:1 + n]
+                row[:] = k + np.arange(1, n + 1)
+                row[p] = bad
+                dd = row.astype(np.float64) - np.float64(k)
+                want = np.array([dd.sum(), (dd * dd).sum()])
+                got = np.array(_vector_sums(row, k))
+                assert np.array_equal(got, want, equal_nan=True), (n, p, bad, got, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("S", [9, 17, 33, 49, 63, 64, 80, 196])
+@pytest.mark.parametrize("strided", [False, True], ids=["contiguous", "strided"])
+def test_statistics_short_rows(S, dtype, strided, rng):
+    """Channels-first statistics of whole short rows (``cpu._row_sums``: vectors where
+    ``cpu._vectors_fit``, e.g. 49, 63, 80 or 196 contiguous float32 values, the plain
+    loop otherwise) on data with an offset, against float64."""
+    C = 6
+    x0 = (1e3 + rng.standard_normal((5, C, 2 * S if strided else S))).astype(dtype)
+    x = x0[:, :, ::2] if strided else x0
+    count, mean, m2 = cpu.statistics([x], C)
+    xd = x.astype(np.float64).transpose(1, 0, 2).reshape(C, -1)
+    ref_mean = xd.mean(1)
+    ref_m2 = ((xd - ref_mean[:, None]) ** 2).sum(1)
+    assert count == 5 * S
+    np.testing.assert_allclose(m2, ref_m2, rtol=2e-6 if dtype == np.float32 else 1e-12)
+    tol = 1e-6 if dtype == np.float32 else 1e-12  # float64: a few ulps of the offset
+    assert np.all(np.abs(mean - ref_mean) <= tol * np.sqrt(ref_m2 / count))
+
+
 @pytest.mark.parametrize("fmt", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("large", [False, True])
