@@ -368,8 +368,8 @@ def _recentre(a1, a2, cnt, k, knew):
 # vectors (float64 accumulation of every element converts every element: ~1.5x
 # slower). For float64 data the blocks are float64. Statistics are centred: channels
 # first, each work item on the mean of the first _CENTRE values of each channel's row
-# (short rows: the whole row of the item's first sample, as the item reads it); channels last, every item on one
-# centre per channel, the mean of 8-32 rows spread
+# (short rows: the whole row of the item's first sample, as the item reads it);
+# channels last, every item on one centre per channel, the mean of 8-32 rows spread
 # over the tensor (_sample_centre, before the items: an item's own first block would be
 # read twice from beyond L1, ~0.1-0.3 stream passes where items are short). An outlier
 # moves a centre by at most its share of the values or rows it is the mean of. Each
@@ -414,9 +414,10 @@ def _centred_sums(blk, k, zero):
 # S = 63 1.55 -> 1.12x, S = 80 1.23 -> 1.10x; but S = 16, 17, 32, 33 1.81, 1.94, 1.26,
 # 1.33 -> 2.00, 2.44, 1.51, 1.42x and S = 64 1.07 -> 1.16x, so rows shorter than three
 # vectors or of a whole number of rounds keep _centred_sums (_vectors_fit; float64:
-# 8-lane vectors, the same rule; S = 17, 25, 49 1.21, 1.29, 1.02 -> 1.17, 1.09, 1.00x). With the centre
-# taken from the item's first row as it is read (not in a pass of its own over the
-# first sample before the others, 401 KB for (64, 2048, 7, 7)), the statistics through
+# 8-lane vectors, the same rule; S = 17, 25, 49 1.21, 1.29, 1.02 -> 1.17, 1.09,
+# 1.00x). With the centre taken from the item's first row as it is read (not in a pass
+# of its own over the first sample before the others, 401 KB for (64, 2048, 7, 7)),
+# the statistics through
 # cpu.statistics after a restore, 31 alternating calls, old -> new in read-only passes,
 # four runs: (64, 2048, 7, 7) 1.73-1.91 -> 1.55-1.72, (32, 512, 14, 14) 1.39-1.41 ->
 # 1.30-1.37, (32, 256, 28, 28) 1.34-1.46 -> 1.29-1.37.
@@ -517,7 +518,9 @@ def _row_sums_impl(row, k, zero):
 
 def _row_mean(row, zero):
     """``_block_mean`` of a whole short row, from ``_vector_sums`` where ``_row_sums``
-    takes them."""
+    takes them. Its own overload rather than ``_row_sums(row, 0, 0)[0] / len(row)``: a
+    second IR-inlined ``_centred_sums`` in one kernel trips Numba's SSA check (warnings),
+    and without IR inlining the gain was lost; the fallback needs one sum, not two."""
 
 
 @overload(_row_mean, inline="always")
@@ -535,8 +538,9 @@ def _row_mean_impl(row, zero):
 
 @_inline
 def _vectors_fit(row, w):
-    """Whether ``_vector_sums`` takes a row (see the note above it): contiguous, at least
-    three vectors of w lanes, not a whole number of LLVM's two-vector rounds."""
+    """Whether ``_vector_sums`` takes a row (see the note above ``_VECTOR_BYTES``):
+    contiguous, at least three vectors of w lanes, not a whole number of LLVM's
+    two-vector rounds."""
     return len(row) >= 3 * w and len(row) % (2 * w) != 0 and row.strides[0] == row.itemsize
 
 
@@ -1272,10 +1276,12 @@ def _walk(groups, target, whole_rows=False, streams=False):
                 yield g, "cl", nb + (ahead,), r
             elif v.ndim == 3:
                 # the reductions over short rows (7x7...) in _STREAM_ITEMS items: each
-                # item's channels are centred on its first sample (read twice) and its
-                # partial sums fold; (64, 2048, 7, 7) and (32, 512, 14, 14), 11
-                # alternating repeats, forward-train in floors, 4, 8, 16, 64 items:
-                # 2.12, 2.05, 2.23, 2.65 and 2.71, 2.52, 2.75, 3.23
+                # item's channels are centred on its first sample (each of its rows read
+                # twice: until the twenty-eighth session in a pass of its own, now again
+                # from L1 as it is read) and its partial sums fold. Before that change,
+                # (64, 2048, 7, 7) and (32, 512, 14, 14), 11 alternating repeats,
+                # forward-train in floors, 4, 8, 16, 64 items: 2.12, 2.05, 2.23, 2.65 and
+                # 2.71, 2.52, 2.75, 3.23 (not measured again since)
                 short = streams and v.shape[2] < _BLOCK
                 nb = _blocks_cf(v.shape, min(target, _STREAM_ITEMS) if short else target)
                 row = min(-(-v.shape[2] // nb[2]), _BLOCK)
