@@ -8,7 +8,8 @@ variable                   meaning (default)
                            (``nsz arcp contract afn reassoc``; never ``nnan``/``ninf``);
                            ``0`` disables, or a space-separated list of flags
 ``NUMBAABN_PARALLEL_MIN``  element count from which the multi-threaded kernels run
-                           (``2097152``, 2**21; ELU's kernels from a sixteenth of it);
+                           (``2097152``, 2**21; the backward's from a quarter of it,
+                           ELU's from a sixteenth of those);
                            smaller tensors run as one serial item and pay no thread
                            start-up, which on the 2-core VM of BENCHMARKS.md costs
                            60-120 µs a kernel: lower it where threads start cheaply

@@ -1114,16 +1114,29 @@ ITEMS = 64  # work items of a large tensor's walk, whatever the number of thread
 # choice between one serial item and the threads. (256, 4096) and (32, 64, 32, 32)
 # float32 ELU, serial over parallel time: 1.65-1.85 (forward-train, -eval, backward).
 _WEIGHT = {_scalar.ELU: 16}
+# The backward's kernels read two tensors (z or x, and dz) and the training backward's
+# two passes move five tensors' bytes: an element weighs 4 of the forward's, so they
+# take the threads from a quarter of PARALLEL_MIN (2^19 elements by default). Through
+# the layer after the bench's restore, paired in one process, 31 alternating calls,
+# float32 backward-train in floors, serial -> parallel: (256, 4096) 1.42 -> 1.03-1.10
+# (two runs), (16, 2048, 7, 7) NCHW 2.41 -> 1.12, NHWC 1.91 -> 1.10, (16, 64, 32, 32)
+# 1.43 -> 0.95 and 1.63 -> 1.04; 786432 elements ((192, 4096), (12, 64, 32, 32),
+# (8, 2048, 7, 7), both layouts) 1.13-1.50 -> 0.87-1.14; (128, 4096) about even
+# (0.94-1.00 -> 1.01-1.03); (64, 4096) 0.74-0.76 -> 0.95-0.99. The forwards keep the
+# threshold: at 2^20 elements (256, 4096) forward-train ran 1.32-1.42 serial against
+# 1.43-1.52 parallel (other shapes of that size gained).
+_BACKWARD_WEIGHT = 4
 
 
-def _plan(size, act=None):
+def _plan(size, act=None, backward=False):
     """(work items to aim for, whether the parallel twin runs): one serial item below
-    ``PARALLEL_MIN`` elements (those of ``act``'s kernels weighted by ``_WEIGHT``), else
-    ``ITEMS`` items. The split depends on the size only, not on the number of threads,
-    so the partial sums are the same on every machine (the serial and parallel twins
-    may still differ in the last bits: LLVM may vectorize their float32 block sums with
-    different lanes)."""
-    if size * _WEIGHT.get(act, 1) < _config.PARALLEL_MIN:
+    ``PARALLEL_MIN`` elements (those of ``act``'s kernels weighted by ``_WEIGHT``, and
+    by ``_BACKWARD_WEIGHT`` in the backward), else ``ITEMS`` items. The split depends
+    on the size only, not on the number of threads, so the partial sums are the same
+    on every machine (the serial and parallel twins may still differ in the last bits:
+    LLVM may vectorize their float32 block sums with different lanes)."""
+    weight = _WEIGHT.get(act, 1) * (_BACKWARD_WEIGHT if backward else 1)
+    if size * weight < _config.PARALLEL_MIN:
         return 0, False
     return ITEMS, not _serial_only and _num_threads() > 1
 
@@ -1742,7 +1755,7 @@ def backward_reduce(srcs, dzs, coef, act, a, ia, lo, from_x, stream=None):
     """Per-channel ``S1 = Σ g`` and ``S2 = Σ g x̂`` in float64, shape (2, C)."""
     C = coef.shape[1]
     sums = np.zeros((2, C))
-    target, par = _plan(_size(srcs), act)
+    target, par = _plan(_size(srcs), act, backward=True)
     fam = _scalar.FAMILY[act]
     tiles = {}
     for (v, d), kind, nb, r in _walk(zip(srcs, dzs), target, streams=True):
@@ -1755,7 +1768,7 @@ def backward_reduce(srcs, dzs, coef, act, a, ia, lo, from_x, stream=None):
 
 
 def _backward_apply(srcs, dzs, dxs, coef, act, a, ia, lo, from_x, train):
-    target, par = _plan(_size(srcs), act)
+    target, par = _plan(_size(srcs), act, backward=True)
     fam = _scalar.FAMILY[act]
     name = "plain_backward_apply_" if train and not coef[9].any() else "backward_apply_"
     tiles = {}
@@ -1775,7 +1788,7 @@ def backward_train_one(srcs, dzs, dxs, coef, act, a, ia, lo, from_x, count, w, a
     0.79-0.91 of the time (one run 1.01), (64, 2048, 7, 7) 0.83-0.88, (8, 64, 8, 8) 0.68."""
     if len(srcs) != 1:
         return None
-    target, par = _plan(srcs[0].size, act)
+    target, par = _plan(srcs[0].size, act, backward=True)
     reduce = list(_walk([(srcs[0], dzs[0])], target, streams=True))
     apply = list(_walk([(srcs[0], dzs[0], dxs[0])], target, True))
     if len(reduce) != 1 or len(apply) != 1 or reduce[0][3] != apply[0][3]:

@@ -1,5 +1,7 @@
 """Kernels against the float64 reference: dtypes x activations x layouts x ranks x
 modes x weight modes, through the module API (which covers the mode flags)."""
+import sys
+
 import numba
 import numpy as np
 import pytest
@@ -273,18 +275,20 @@ def check_standard(dtype, act, cl, shape, rng):
     assert_sums_close(layer.bias_grad, db_ref, ctx["abs_sums"][0], dtype, "dbias")
 
 
-@pytest.mark.parametrize("shape", [(23, 2100), (4, 10, 16, 2056)], ids=["serial", "threads"])
+@pytest.mark.parametrize("shape", [(15, 2100), (4, 10, 16, 2056)], ids=["serial", "threads"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_wide_channels_last_rows_four_rows_at_a_time(dtype, shape, rng, monkeypatch):
     """Channels-last items at least ``cpu._JAM_MIN`` channels wide: the forward and the
     backward's write pass walk four rows at a time, then the rows left over one by one
-    (one serial item of 23 rows; 64 items of 10 rows with threads); rows not a whole
+    (one serial item of 15 rows; 64 items of 10 rows with threads); rows not a whole
     number of vectors. In place in training (centred forward, backward with the
     statistics' terms) and in eval (plain forward, ``dx = P g``), and on the standard
     path (out of place), against the reference."""
     M, C = int(np.prod(shape[:-1])), shape[-1]
     assert C >= cpu._JAM_MIN and C % 16
-    items = 1 if M * C < cpu._config.PARALLEL_MIN else cpu.ITEMS
+    serial = M * C * cpu._BACKWARD_WEIGHT < cpu._config.PARALLEL_MIN  # the backward too
+    assert serial or M * C >= cpu._config.PARALLEL_MIN
+    items = 1 if serial else cpu.ITEMS
     assert M % items == 0 and (M // items) % 4 and M // items > 4
     whole = []
     seen = spy_walk(monkeypatch, whole_rows_seen=whole)
@@ -694,6 +698,38 @@ def test_elu_is_threaded_from_a_sixteenth_of_the_threshold(cl, rng, monkeypatch)
     monkeypatch.setattr(cpu, "forward_train_one", spy)
     check_inplace(np.float32, "elu", cl, shape, "train", "abs", rng)
     assert results and all(r is None for r in results)
+
+
+@pytest.mark.parametrize("cl", [False, True], ids=["NCHW", "NHWC"])
+def test_backward_is_threaded_from_a_quarter_of_the_threshold(cl, rng, monkeypatch):
+    """The backward's kernels (they read z and dz) take the threads from a quarter of
+    ``PARALLEL_MIN`` elements. Between that and the threshold the forward runs as one
+    serial item and the backward on the threads (the one-call training backward and
+    the eval backward), and both match the reference."""
+    shape = (4, 6, 8, 32) if cl else (4, 32, 6, 8)  # 6144 elements
+    size = int(np.prod(shape))
+    monkeypatch.setattr(_config, "PARALLEL_MIN", 2 * size)
+    threads = numba.get_num_threads() > 1
+    leaky = _scalar.LEAKY_RELU
+    assert cpu._plan(size) == cpu._plan(size, leaky) == (0, False)
+    assert cpu._plan(size, leaky, backward=True) == (cpu.ITEMS, threads)
+    assert cpu._plan(size // 2, leaky, backward=True) == (cpu.ITEMS, threads)
+    assert cpu._plan(size // 2 - 1, leaky, backward=True) == (0, False)
+    plans = []
+    plan = cpu._plan
+
+    def spy(n, act=None, backward=False):
+        plans.append((sys._getframe(1).f_code.co_name, backward, plan(n, act, backward)))
+        return plans[-1][2]
+
+    monkeypatch.setattr(cpu, "_plan", spy)
+    check_inplace(np.float32, "leaky_relu", cl, shape, "train", "abs", rng)
+    check_inplace(np.float32, "leaky_relu", cl, shape, "eval", "abs", rng)
+    callers = {caller for caller, _, _ in plans}
+    assert {"backward_train_one", "_backward_apply", "forward_train_one"} <= callers
+    for caller, backward, p in plans:
+        assert backward == ("backward" in caller), caller
+        assert p == ((cpu.ITEMS, threads) if backward else (0, False)), caller
 
 
 def test_thread_count_follows_numba(rng, monkeypatch):
