@@ -12,7 +12,7 @@ variable                   meaning (default)
                            ELU's from a sixteenth of those);
                            smaller tensors run as one serial item and pay no thread
                            start-up, which on the 2-core VM of BENCHMARKS.md costs
-                           60-120 µs a kernel: lower it where threads start cheaply
+                           60-130 µs a kernel: lower it where threads start cheaply
                            or there are more cores
 ``NUMBAABN_PREFETCH``      ``auto``: large float32/float64 walks prefetch ahead in
                            software where the host CPU (LLVM's name for it) is
