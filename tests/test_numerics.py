@@ -97,6 +97,94 @@ def test_vector_row_sums_count_each_value_once(dtype):
                 assert np.array_equal(got, want, equal_nan=True), (n, p, bad, got, want)
 
 
+@njit
+def _vector_leaky(row, h, g, e, a):
+    cpu._vector_leaky(row, h, g, e, a)
+
+
+def _leaky_exact(y, a):
+    """``_scalar.leaky_forward`` on exact values (float64): the larger of y and y a
+    where a <= 1, else the smaller; NaN stays NaN."""
+    t = y * a
+    return np.where(np.isnan(y), np.nan, np.maximum(y, t) if a <= 1 else np.minimum(y, t))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vector_leaky_forward_writes_each_value_once(dtype):
+    """``cpu._vector_leaky`` (a short row's in-place leaky ReLU forward as LLVM vectors:
+    whole vectors, then the row's last vector, read before any store): every value of
+    rows of 1 to 4 vectors and a few, at three alignments, transformed exactly once and
+    nothing outside the row touched. Inputs, constants and slopes are small integers and
+    powers of two, so every output is exact: a value missed (left as its input) or
+    transformed twice changes it. A NaN at any position stays NaN and leaves the other
+    values exact."""
+    w = cpu._FORWARD_BYTES // np.dtype(dtype).itemsize
+    h, g, e = dtype(1000.0), dtype(2.0), dtype(-8.0)
+    buf = np.empty(5 * w + 8, dtype)
+    for a in (dtype(0.25), dtype(1.0), dtype(4.0)):
+        for n in range(w, 4 * w + 3):
+            x = h + np.arange(n, dtype=np.float64) - n // 2
+            want = _leaky_exact((x - h) * g + e, a)
+            for off in (0, 1, 3):
+                buf[:] = -7.0
+                row = buf[off:off + n]
+                row[:] = x
+                _vector_leaky(row, h, g, e, a)
+                assert np.array_equal(row, want), (float(a), n, off)
+                assert np.all(buf[:off] == -7.0) and np.all(buf[off + n:] == -7.0), (n, off)
+    for n in (w + 1, 3 * w - 1):
+        x = h + np.arange(n, dtype=np.float64) - n // 2
+        for p in range(n):
+            row = buf[1:1 + n]
+            row[:] = x
+            row[p] = np.nan
+            want = _leaky_exact((row.astype(np.float64) - h) * g + e, dtype(0.25))
+            _vector_leaky(row, h, g, e, dtype(0.25))
+            assert np.array_equal(row, want, equal_nan=True), (n, p)
+
+
+def test_vector_rows_chosen():
+    """Which short channels-first rows the in-place forward runs as vectors
+    (``cpu._vector_rows``): contiguous float32 rows of 8 values or more (float64: 4), in
+    place, leaky family; not float16 bits, strided rows, shorter rows, the standard path
+    or the other families."""
+    for dtype, w in ((np.float32, 8), (np.float64, 4)):
+        assert cpu._FORWARD_BYTES // np.dtype(dtype).itemsize == w
+        for S in (w - 1, w, 49):
+            x = np.zeros((2, 3, S), dtype)
+            assert cpu._vector_rows(x, True, True) == (S >= w), (dtype, S)
+            assert not cpu._vector_rows(x, False, True)
+            assert not cpu._vector_rows(x, True, False)
+        assert not cpu._vector_rows(np.zeros((2, 3, 98), dtype)[:, :, ::2], True, True)
+    assert not cpu._vector_rows(np.zeros((2, 3, 49), np.uint16), True, True)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("S", [7, 8, 9, 17, 33, 49, 64, 196])
+@pytest.mark.parametrize("strided", [False, True], ids=["contiguous", "strided"])
+@pytest.mark.parametrize("act,param", [("identity", None), ("leaky_relu", 0.01),
+                                       ("leaky_relu", 3.0)])
+def test_forward_short_rows(S, dtype, strided, act, param, rng):
+    """The in-place forward of whole short channels-first rows (``cpu._forward_cf``:
+    ``_vector_leaky`` where ``cpu._vector_rows``, the loop elsewhere), training and eval, against the float64 reference; the values
+    between strided rows are not touched."""
+    C = 6
+    base = (rng.standard_normal((5, C, 2 * S if strided else S)) * 2 + 0.5).astype(dtype)
+    w = np.linspace(-1.5, 2, C).astype(dtype)
+    b = np.linspace(-1, 1, C).astype(dtype)
+    for training in (True, False):
+        x0 = base.copy()
+        x = x0[:, :, ::2] if strided else x0
+        rm, rv = np.linspace(-0.5, 0.5, C).astype(dtype), np.linspace(0.5, 2, C).astype(dtype)
+        want = ref.forward(x.copy(), w, b, rm.copy(), rv.copy(), training=training,
+                           activation=act, activation_param=param)[0]
+        numbaabn.inplace_abn_forward(x, w, b, rm, rv, training=training, activation=act,
+                                     activation_param=param)
+        assert_close(x, want, dtype, f"{act} {param} training={training}")
+        if strided:
+            assert np.array_equal(x0[:, :, 1::2], base[:, :, 1::2])
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("S", [9, 17, 33, 49, 63, 64, 80, 196])
 @pytest.mark.parametrize("strided", [False, True], ids=["contiguous", "strided"])
