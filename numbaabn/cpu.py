@@ -368,7 +368,7 @@ def _recentre(a1, a2, cnt, k, knew):
 # vectors (float64 accumulation of every element converts every element: ~1.5x
 # slower). For float64 data the blocks are float64. Statistics are centred: channels
 # first, each work item on the mean of the first _CENTRE values of each channel's row
-# (short rows: the whole row of the item's first sample, as the item reads it);
+# (short rows: the whole row of the item's first sample, read just before the others);
 # channels last, every item on one centre per channel, the mean of 8-32 rows spread
 # over the tensor (_sample_centre, before the items: an item's own first block would be
 # read twice from beyond L1, ~0.1-0.3 stream passes where items are short). An outlier
@@ -401,33 +401,42 @@ def _centred_sums(blk, k, zero):
     return np.float64(b1), np.float64(b2)
 
 
-# A short row's sums as LLVM vector code (_row_sums, _row_mean). LLVM vectorizes
+# Short rows' sums as LLVM vector code (_row_sums, _row_mean). LLVM vectorizes
 # _centred_sums' loop 32 float32 values a round (two 16-lane vectors) and adds what is
 # left one value at a time, each add waiting on the last: a 7x7 row of 49 values is one
 # vector round and 17 dependent scalar adds. _vector_sums adds whole 64-byte vectors
-# into two vector accumulators and covers the rest with one more vector, the row's last
-# W values, whose lanes already counted are selected to 0 (exactly 0: a NaN or an
-# infinity there was counted once, by its own vector); its loads stay inside the row.
-# The two sums then go down one tree of shuffles and adds together. Loop of the sums
-# alone, one thread, (N, 512, S) float32 of 3.2 MB against a read of it, 31 alternating
-# calls: S = 49 1.52 -> 1.22x the read, S = 31 1.74 -> 1.38x, S = 48 1.44 -> 1.31x,
-# S = 63 1.55 -> 1.12x, S = 80 1.23 -> 1.10x; but S = 16, 17, 32, 33 1.81, 1.94, 1.26,
-# 1.33 -> 2.00, 2.44, 1.51, 1.42x and S = 64 1.07 -> 1.16x, so rows shorter than three
-# vectors or of a whole number of rounds keep _centred_sums (_vectors_fit; float64:
-# 8-lane vectors, the same rule; S = 17, 25, 49 1.21, 1.29, 1.02 -> 1.17, 1.09,
-# 1.00x). With the centre taken from the item's first row as it is read (not in a pass
-# of its own over the first sample before the others, 401 KB for (64, 2048, 7, 7)),
-# the statistics through
-# cpu.statistics after a restore, 31 alternating calls, old -> new in read-only passes,
-# four runs: (64, 2048, 7, 7) 1.73-1.91 -> 1.55-1.72, (32, 512, 14, 14) 1.39-1.41 ->
-# 1.30-1.37, (32, 256, 28, 28) 1.34-1.46 -> 1.29-1.37.
+# into vector accumulators, a row's even and odd vectors into two pairs of them (two
+# chains of dependent adds), and covers each row's rest with one more vector, the
+# row's last W values, whose lanes already counted are selected to 0 (exactly 0: a NaN
+# or an infinity there was counted once, by its own vector); its loads stay inside the
+# row. The sums then go down one tree of shuffles and adds together. Until the
+# thirtieth session it summed one row a call into one pair, its tree, float64
+# conversion and partial sums paid per row: ~40 cycles a 7x7 row on each core, so the
+# statistics of (64, 2048, 7, 7) took 1.55-1.62 read-only passes whether the tensor was
+# in cache or not. It now sums the rows of one channel of an item, _GROUP // S rows at
+# a time (lanes of 16 values or fewer: an offset channel's output as accurate as with
+# one row of 256 values a call, the worst of 30 draws of tests/test_numerics.py's
+# two-constant data at 0.77 of its bound against 0.71), so the statistics walk an item
+# channel by channel, each channel's rows sample after sample (one sequential stream
+# per sample of the item); rows of over half a group (one row a call) are not
+# prefetched there (28x28, 31 alternating calls: 1.37 prefetched against 1.27 read
+# passes). Any contiguous row of at least one vector takes it (_vectors_fit): with the
+# tree paid once per group, the rules measured for a tree per row (rows shorter than
+# three vectors or of a whole number of rounds were faster in the loop) no longer
+# apply. Statistics alone through cpu.statistics after a restore, the twenty-ninth
+# session's package imported beside this one, 31 alternating calls, in read-only
+# passes, prefetched: (64, 2048, 7, 7) 1.65 -> 1.21, (32, 512, 14, 14) 1.28 -> 1.09;
+# with groups of 256 values, (64, 1024, 8, 8) 1.49 -> 1.22, (16, 2048, 7, 7) 3.28 ->
+# 1.65, (32, 256, 28, 28) 1.31 -> 1.29 (the same walk: one row a group).
 _VECTOR_BYTES = 64  # one AVX-512 register; LLVM splits it in two where vectors are 32
+_GROUP = 512  # values of a channel's short rows summed in the compute dtype at a time
 
 
 @intrinsic
-def _vector_sums(typingctx, row, k):
-    """``(Σ(x - k), Σ(x - k)²)`` over a 1-D float32/float64 row of contiguous elements
-    and at least ``_VECTOR_BYTES`` bytes, in lanes of its own dtype, as float64."""
+def _vector_sums(typingctx, x, n0, n1, c, k):
+    """``(Σ(v - k), Σ(v - k)²)`` over the rows n0:n1 of channel c of an (N, C, S)
+    float32/float64 array whose rows are contiguous and at least ``_VECTOR_BYTES``
+    bytes, in lanes of its own dtype, as float64."""
     ret = types.UniTuple(types.float64, 2)
 
     def codegen(context, builder, sig, args):
@@ -445,34 +454,52 @@ def _vector_sums(typingctx, row, k):
                 out = builder.insert_element(out, value, i32(lane))
             return out
 
-        def vector_at(i):
-            ptr = builder.bitcast(builder.gep(ary.data, [i]), vt.as_pointer())
-            return builder.load(ptr, align=size)
-
         zero = cgutils.get_null_value(vt)
-        ks = splat(args[1], vt)
-        acc1 = cgutils.alloca_once_value(builder, zero)
-        acc2 = cgutils.alloca_once_value(builder, zero)
+        ks = splat(args[4], vt)
+        # two pairs of accumulators, (Σ, Σ²) of a row's even and of its odd vectors: two
+        # chains of dependent adds, each lane summing half as many values
+        accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(2)]
+                for _ in range(2)]
 
-        def add(v, keep=None):
+        def add(v, pair, keep=None):
+            acc1, acc2 = accs[pair]
             d = builder.fsub(v, ks)
             if keep is not None:
                 d = builder.select(keep, d, zero)
             builder.store(builder.fadd(builder.load(acc1), d), acc1)
             builder.store(builder.fadd(builder.load(acc2), builder.fmul(d, d)), acc2)
 
-        n = builder.extract_value(ary.shape, 0)
-        with cgutils.for_range(builder, builder.sdiv(n, i64(w))) as loop:
-            add(vector_at(builder.mul(loop.index, i64(w))))
-        rest = builder.srem(n, i64(w))
-        with builder.if_then(builder.icmp_signed(">", rest, i64(0))):
-            lanes = llir.Constant(llir.VectorType(i64, w), list(range(w)))
-            first_new = splat(builder.sub(i64(w), rest), llir.VectorType(i64, w))
-            add(vector_at(builder.sub(n, i64(w))), builder.icmp_signed(">=", lanes, first_new))
+        stride_n, stride_c, _ = cgutils.unpack_tuple(builder, ary.strides, 3)
+        S = cgutils.unpack_tuple(builder, ary.shape, 3)[2]
+        rest = builder.srem(S, i64(w))
+        lanes = llir.Constant(llir.VectorType(i64, w), list(range(w)))
+        keep = builder.icmp_signed(">=", lanes, splat(builder.sub(i64(w), rest),
+                                                      llir.VectorType(i64, w)))
+        data = builder.bitcast(ary.data, llir.IntType(8).as_pointer())
+        channel = builder.mul(args[3], stride_c)
+        with cgutils.for_range_slice(builder, args[1], args[2], i64(1)) as (n, _):
+            row = builder.bitcast(builder.gep(data, [builder.add(
+                builder.mul(n, stride_n), channel)]), ft.as_pointer())
+
+            def vector_at(i):
+                ptr = builder.bitcast(builder.gep(row, [i]), vt.as_pointer())
+                return builder.load(ptr, align=size)
+
+            with cgutils.for_range(builder, builder.sdiv(S, i64(2 * w))) as loop:
+                at = builder.mul(loop.index, i64(2 * w))
+                add(vector_at(at), 0)
+                add(vector_at(builder.add(at, i64(w))), 1)
+            whole = builder.sdiv(S, i64(w))
+            with builder.if_then(builder.trunc(whole, llir.IntType(1))):  # odd: one more
+                add(vector_at(builder.sub(builder.mul(whole, i64(w)), i64(w))), 0)
+            with builder.if_then(builder.icmp_signed(">", rest, i64(0))):
+                add(vector_at(builder.sub(S, i64(w))), 1, keep)
         # both sums in one tree: each round adds the halves of each sum's m lanes into one
         # vector of m lanes, the first sum's h partials then the second's; the next round
         # takes both halves from that vector (its lanes 0:m and m:2m as m -> h)
-        v1, v2, m = builder.load(acc1), builder.load(acc2), w
+        v1, v2 = (builder.fadd(builder.load(accs[0][i]), builder.load(accs[1][i]))
+                  for i in range(2))
+        m = w
         while m > 1:
             h = m // 2
             lo, hi = (builder.shuffle_vector(v1, v2, llir.Constant(
@@ -486,62 +513,74 @@ def _vector_sums(typingctx, row, k):
             v = builder.fpext(v, llir.VectorType(llir.DoubleType(), 2))
         sums = [builder.extract_element(v, i32(lane)) for lane in (0, 1)]
         return context.make_tuple(builder, ret, sums)
-    return ret(row, k), codegen
+    return ret(x, n0, n1, c, k), codegen
 
 
-def _row_sums(row, k, zero):
-    """``_centred_sums`` of a whole short row: ``_vector_sums`` where the row is
-    float32/float64 and ``_vectors_fit`` (the dtype resolved at compile time, the rest
-    at run time)."""
+def _row_sums(x, n0, n1, c, k, zero):
+    """``_centred_sums`` of the whole short rows n0:n1 of channel c of ``x`` (N, C, S):
+    ``_vector_sums`` where ``x`` is float32/float64 and ``_vectors_fit`` (the dtype
+    resolved at compile time, the rest at run time), else row by row."""
 
 
-def _lanes(row, zero):
-    """(At compile time) the lanes of ``_vector_sums`` for ``row``'s element type, or 0
+def _lanes(x, zero):
+    """(At compile time) the lanes of ``_vector_sums`` for ``x``'s element type, or 0
     where it does not take it (float16 bits, or data of another compute dtype)."""
-    if row.dtype in (types.float32, types.float64) and zero == row.dtype:
-        return _VECTOR_BYTES // (row.dtype.bitwidth // 8)
+    if x.dtype in (types.float32, types.float64) and zero == x.dtype:
+        return _VECTOR_BYTES // (x.dtype.bitwidth // 8)
     return 0
 
 
-@overload(_row_sums, inline="always")
-def _row_sums_impl(row, k, zero):
-    w = _lanes(row, zero)
-    if not w:
-        return lambda row, k, zero: _centred_sums(row, k, zero)
+@_inline
+def _rows_centred_sums(x, n0, n1, c, k, zero):
+    """``_centred_sums`` of the rows n0:n1 of channel c, row by row."""
+    a1 = 0.0
+    a2 = 0.0
+    for n in range(n0, n1):
+        b1, b2 = _centred_sums(x[n, c], k, zero)
+        a1 += b1
+        a2 += b2
+    return a1, a2
 
-    def impl(row, k, zero):
-        if _vectors_fit(row, w):
-            return _vector_sums(row, k)
-        return _centred_sums(row, k, zero)
+
+@overload(_row_sums, inline="always")
+def _row_sums_impl(x, n0, n1, c, k, zero):
+    w = _lanes(x, zero)
+    if not w:
+        return lambda x, n0, n1, c, k, zero: _rows_centred_sums(x, n0, n1, c, k, zero)
+
+    def impl(x, n0, n1, c, k, zero):
+        if _vectors_fit(x, w):
+            return _vector_sums(x, n0, n1, c, k)
+        return _rows_centred_sums(x, n0, n1, c, k, zero)
     return impl
 
 
-def _row_mean(row, zero):
-    """``_block_mean`` of a whole short row, from ``_vector_sums`` where ``_row_sums``
-    takes them. Its own overload rather than ``_row_sums(row, 0, 0)[0] / len(row)``: a
-    second IR-inlined ``_centred_sums`` in one kernel trips Numba's SSA check (warnings),
-    and without IR inlining the gain was lost; the fallback needs one sum, not two."""
+def _row_mean(x, n, c, zero):
+    """``_block_mean`` of the whole short row (n, c) of ``x``, from ``_vector_sums``
+    where ``_row_sums`` takes them. Its own overload rather than ``_row_sums(...)[0] /
+    S``: a second IR-inlined ``_centred_sums`` in one kernel trips Numba's SSA check
+    (warnings), and without IR inlining the gain was lost; the fallback needs one sum,
+    not two."""
 
 
 @overload(_row_mean, inline="always")
-def _row_mean_impl(row, zero):
-    w = _lanes(row, zero)
+def _row_mean_impl(x, n, c, zero):
+    w = _lanes(x, zero)
     if not w:
-        return lambda row, zero: _block_mean(row, zero)
+        return lambda x, n, c, zero: _block_mean(x[n, c], zero)
 
-    def impl(row, zero):
-        if _vectors_fit(row, w):
-            return _as(_vector_sums(row, zero)[0] / len(row), zero)
-        return _block_mean(row, zero)
+    def impl(x, n, c, zero):
+        if _vectors_fit(x, w):
+            return _as(_vector_sums(x, n, n + 1, c, zero)[0] / x.shape[2], zero)
+        return _block_mean(x[n, c], zero)
     return impl
 
 
 @_inline
-def _vectors_fit(row, w):
-    """Whether ``_vector_sums`` takes a row (see the note above ``_VECTOR_BYTES``):
-    contiguous, at least three vectors of w lanes, not a whole number of LLVM's
-    two-vector rounds."""
-    return len(row) >= 3 * w and len(row) % (2 * w) != 0 and row.strides[0] == row.itemsize
+def _vectors_fit(x, w):
+    """Whether ``_vector_sums`` takes the rows of ``x`` (N, C, S): contiguous, at least
+    one vector of w lanes."""
+    return x.shape[2] >= w and x.strides[2] == x.itemsize
 
 
 @_inline
@@ -555,6 +594,7 @@ def _block_mean(blk, zero):
 
 def _statistics_cf(x, shift, part, scratch, nbn, nbc, nbs, ahead, out, zero):
     N, C, S = x.shape
+    rows = max(1, _GROUP // S)  # short rows summed in the compute dtype at a time
     for t in prange(nbn * nbc * nbs):
         j, n0, n1, c0, c1, s0, s1 = _item_cf(t, N, C, S, nbn, nbc, nbs)
         p1, p2, kc = part[j, 0], part[j, 1], scratch[j, 0]
@@ -563,14 +603,14 @@ def _statistics_cf(x, shift, part, scratch, nbn, nbc, nbs, ahead, out, zero):
             p2[c] = 0.0
         if s1 == s0 or n1 == n0:
             continue
-        if S <= _BLOCK:  # whole short rows (see the channels-first note)
-            for n in range(n0, n1):
-                for c in range(c0, c1):
-                    xr = x[n, c]
-                    _ahead(xr, ahead)
-                    if n == n0:  # centre the channel on its first row's mean
-                        kc[c] = _row_mean(xr, zero)
-                    a1, a2 = _row_sums(xr, kc[c], zero)
+        if S <= _BLOCK:  # whole short rows, each channel's rows of the item in turn
+            for c in range(c0, c1):
+                if rows > 1:  # rows over half a group are not prefetched (see above)
+                    for n in range(n0, n1):
+                        _ahead(x[n, c], ahead)
+                kc[c] = _row_mean(x, n0, c, zero)  # centred on its first row's mean
+                for g in range(n0, n1, rows):
+                    a1, a2 = _row_sums(x, g, min(g + rows, n1), c, kc[c], zero)
                     p1[c] += a1
                     p2[c] += a2
         else:

@@ -65,35 +65,39 @@ def test_statistics_hard_data_float32(shape, fmt, case, rng):
 
 
 @njit
-def _vector_sums(row, k):
-    return cpu._vector_sums(row, k)
+def _vector_sums(x, n0, n1, c, k):
+    return cpu._vector_sums(x, n0, n1, c, k)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_vector_row_sums_count_each_value_once(dtype):
-    """``cpu._vector_sums`` (short rows' statistics as LLVM vectors, the rest covered by
-    the row's last vector with its lanes already counted selected to 0): every value of
-    rows of 1 to 4 vectors and a few, at every alignment, counted exactly once. The
-    values k + 1, k + 2, ... make the sums exact integers, so a value counted twice or
-    missed changes them; a NaN or an infinity anywhere gives float64 NumPy's sums."""
+    """``cpu._vector_sums`` (the statistics of a channel's short rows as LLVM vectors,
+    each row's rest covered by its last vector with the lanes already counted selected
+    to 0): every value of one to three rows of 1 to 4 vectors and a few, at every
+    alignment, of the channel asked for and no other, counted exactly once. The values
+    k + 1, k + 2, ... make the sums exact integers, so a value counted twice or missed
+    changes them; a NaN or an infinity anywhere gives float64 NumPy's sums."""
     w = cpu._VECTOR_BYTES // np.dtype(dtype).itemsize
     k = dtype(1000.0)
-    buf = np.zeros(5 * w + 8, dtype)
     for n in range(w, 4 * w + 3):
-        d = np.arange(1, n + 1, dtype=np.float64)
         for off in (0, 1, 3):
-            row = buf[off:off + n]
-            row[:] = k + d
-            assert _vector_sums(row, k) == (d.sum(), (d * d).sum()), (n, off)
+            buf = np.zeros(3 * 2 * n + off, dtype)
+            x = buf[off:].reshape(3, 2, n)  # (N, C, S): rows of channel 1 between channel 0's
+            x[:, 0] = -5.0
+            d = np.arange(1, 3 * n + 1, dtype=np.float64).reshape(3, n)
+            x[:, 1] = k + d
+            for n0, n1 in ((0, 1), (1, 3), (0, 3)):
+                dd = d[n0:n1]
+                assert _vector_sums(x, n0, n1, 1, k) == (dd.sum(), (dd * dd).sum()), (n, off)
     for n in (w + 1, 3 * w - 1):
         for p in range(n):
             for bad in (np.nan, np.inf, -np.inf):
-                row = buf[1:1 + n]
-                row[:] = k + np.arange(1, n + 1)
-                row[p] = bad
-                dd = row.astype(np.float64) - np.float64(k)
+                x = np.empty((2, 1, n), dtype)
+                x[:] = k + np.arange(1, n + 1)
+                x[1, 0, p] = bad
+                dd = x.astype(np.float64) - np.float64(k)
                 want = np.array([dd.sum(), (dd * dd).sum()])
-                got = np.array(_vector_sums(row, k))
+                got = np.array(_vector_sums(x, 0, 2, 0, k))
                 assert np.array_equal(got, want, equal_nan=True), (n, p, bad, got, want)
 
 
@@ -166,8 +170,9 @@ def test_vector_rows_chosen():
                                        ("leaky_relu", 3.0)])
 def test_forward_short_rows(S, dtype, strided, act, param, rng):
     """The in-place forward of whole short channels-first rows (``cpu._forward_cf``:
-    ``_vector_leaky`` where ``cpu._vector_rows``, the loop elsewhere), training and eval, against the float64 reference; the values
-    between strided rows are not touched."""
+    ``_vector_leaky`` where ``cpu._vector_rows``, the loop elsewhere), training and
+    eval, against the float64 reference; the values between strided rows are not
+    touched."""
     C = 6
     base = (rng.standard_normal((5, C, 2 * S if strided else S)) * 2 + 0.5).astype(dtype)
     w = np.linspace(-1.5, 2, C).astype(dtype)
@@ -186,20 +191,22 @@ def test_forward_short_rows(S, dtype, strided, act, param, rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("S", [9, 17, 33, 49, 63, 64, 80, 196])
+@pytest.mark.parametrize("S", [7, 9, 16, 17, 33, 49, 63, 64, 80, 196, 1024])
 @pytest.mark.parametrize("strided", [False, True], ids=["contiguous", "strided"])
 def test_statistics_short_rows(S, dtype, strided, rng):
-    """Channels-first statistics of whole short rows (``cpu._row_sums``: vectors where
-    ``cpu._vectors_fit``, e.g. 49, 63, 80 or 196 contiguous float32 values, the plain
-    loop otherwise) on data with an offset, against float64."""
-    C = 6
-    x0 = (1e3 + rng.standard_normal((5, C, 2 * S if strided else S))).astype(dtype)
+    """Channels-first statistics of whole short rows (``cpu._row_sums``: a channel's
+    rows of an item ``_BLOCK // S`` at a time, as vectors where ``cpu._vectors_fit``,
+    e.g. 16, 17, 49, 64 or 196 contiguous float32 values, the plain loop otherwise; 12
+    samples: several groups of rows where S > 85) on data with an offset, against
+    float64."""
+    C, N = 6, 12
+    x0 = (1e3 + rng.standard_normal((N, C, 2 * S if strided else S))).astype(dtype)
     x = x0[:, :, ::2] if strided else x0
     count, mean, m2 = cpu.statistics([x], C)
     xd = x.astype(np.float64).transpose(1, 0, 2).reshape(C, -1)
     ref_mean = xd.mean(1)
     ref_m2 = ((xd - ref_mean[:, None]) ** 2).sum(1)
-    assert count == 5 * S
+    assert count == N * S
     np.testing.assert_allclose(m2, ref_m2, rtol=2e-6 if dtype == np.float32 else 1e-12)
     tol = 1e-6 if dtype == np.float32 else 1e-12  # float64: a few ulps of the offset
     assert np.all(np.abs(mean - ref_mean) <= tol * np.sqrt(ref_m2 / count))
