@@ -432,6 +432,24 @@ _VECTOR_BYTES = 64  # one AVX-512 register; LLVM splits it in two where vectors 
 _GROUP = 512  # values of a channel's short rows summed in the compute dtype at a time
 
 
+def _vector_types(context, builder, aty, value, nbytes):
+    """For the intrinsics' code: the array struct of ``value`` (an array of Numba type
+    ``aty``), its element size in bytes, the lanes w of an ``nbytes``-byte vector of its
+    dtype, the element and vector LLVM types, and ``splat(v, typ=vector type)``."""
+    ary = context.make_array(aty)(context, builder, value)
+    size = aty.dtype.bitwidth // 8
+    w = nbytes // size
+    ft = context.get_value_type(aty.dtype)
+    vt = llir.VectorType(ft, w)
+
+    def splat(v, typ=vt):
+        out = cgutils.get_null_value(typ)
+        for lane in range(w):
+            out = builder.insert_element(out, v, llir.IntType(32)(lane))
+        return out
+    return ary, size, w, ft, vt, splat
+
+
 @intrinsic
 def _vector_sums(typingctx, x, n0, n1, c, k):
     """``(Σ(v - k), Σ(v - k)²)`` over the rows n0:n1 of channel c of an (N, C, S)
@@ -440,22 +458,11 @@ def _vector_sums(typingctx, x, n0, n1, c, k):
     ret = types.UniTuple(types.float64, 2)
 
     def codegen(context, builder, sig, args):
-        aty = sig.args[0]
-        ary = context.make_array(aty)(context, builder, args[0])
-        size = aty.dtype.bitwidth // 8
-        w = _VECTOR_BYTES // size
-        ft = context.get_value_type(aty.dtype)
-        vt = llir.VectorType(ft, w)
+        ary, size, w, ft, vt, splat = _vector_types(context, builder, sig.args[0], args[0],
+                                                    _VECTOR_BYTES)
         i32, i64 = llir.IntType(32), llir.IntType(64)
-
-        def splat(value, typ):
-            out = cgutils.get_null_value(typ)
-            for lane in range(w):
-                out = builder.insert_element(out, value, i32(lane))
-            return out
-
         zero = cgutils.get_null_value(vt)
-        ks = splat(args[4], vt)
+        ks = splat(args[4])
         # two pairs of accumulators, (Σ, Σ²) of a row's even and of its odd vectors: two
         # chains of dependent adds, each lane summing half as many values
         accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(2)]
@@ -691,20 +698,9 @@ def _vector_leaky(typingctx, row, h, g, e, a):
     e, a of the row's dtype (``_scalar.leaky_forward``: the larger of y and y a where
     a <= 1, else the smaller; NaN where y is NaN)."""
     def codegen(context, builder, sig, args):
-        aty = sig.args[0]
-        ary = context.make_array(aty)(context, builder, args[0])
-        size = aty.dtype.bitwidth // 8
-        w = _FORWARD_BYTES // size
-        ft = context.get_value_type(aty.dtype)
-        vt = llir.VectorType(ft, w)
-        i32, i64 = llir.IntType(32), llir.IntType(64)
-
-        def splat(value):
-            out = cgutils.get_null_value(vt)
-            for lane in range(w):
-                out = builder.insert_element(out, value, i32(lane))
-            return out
-
+        ary, size, w, ft, vt, splat = _vector_types(context, builder, sig.args[0], args[0],
+                                                    _FORWARD_BYTES)
+        i64 = llir.IntType(64)
         hs, gs, es, as_ = (splat(v) for v in args[1:])
         small = builder.fcmp_ordered("<=", args[4], ft(1.0))
 
