@@ -529,11 +529,12 @@ def _row_sums(x, n0, n1, c, k, zero):
     resolved at compile time, the rest at run time), else row by row."""
 
 
-def _lanes(x, zero):
-    """(At compile time) the lanes of ``_vector_sums`` for ``x``'s element type, or 0
-    where it does not take it (float16 bits, or data of another compute dtype)."""
+def _lanes(x, zero, nbytes=_VECTOR_BYTES):
+    """(At compile time) the lanes of an ``nbytes`` vector of ``x``'s element type
+    (``_vector_sums``'s by default), or 0 where the vector code does not take it (float16
+    bits, or data of another compute dtype than ``zero``'s type)."""
     if x.dtype in (types.float32, types.float64) and zero == x.dtype:
-        return _VECTOR_BYTES // (x.dtype.bitwidth // 8)
+        return nbytes // (x.dtype.bitwidth // 8)
     return 0
 
 
@@ -736,8 +737,7 @@ def _leaky_lanes(x):
 
 @overload(_leaky_lanes, inline="always")
 def _leaky_lanes_impl(x):
-    w = _FORWARD_BYTES // (x.dtype.bitwidth // 8) \
-        if x.dtype in (types.float32, types.float64) else 0
+    w = _lanes(x, x.dtype, _FORWARD_BYTES)
     return lambda x: w
 
 
@@ -747,7 +747,7 @@ def _leaky_row(xr, h, g, e, a):
 
 @overload(_leaky_row, inline="always")
 def _leaky_row_impl(xr, h, g, e, a):
-    if xr.dtype not in (types.float32, types.float64):
+    if not _lanes(xr, xr.dtype, _FORWARD_BYTES):
         return lambda xr, h, g, e, a: None
     return lambda xr, h, g, e, a: _vector_leaky(xr, h, g, e, _as(a, h))
 
