@@ -750,3 +750,46 @@ def test_thread_count_follows_numba(rng, monkeypatch):
     monkeypatch.setattr(cpu, "_numba_parallel", object())
     monkeypatch.setattr(cpu.numba, "get_num_threads", lambda: calls.append(1) or 3)
     assert cpu._num_threads() == 3 and calls
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["serial", "parallel"])
+@pytest.mark.parametrize("kind", ["cf", "cl"])
+@pytest.mark.parametrize("many", [True, False], ids=["ITEMS", "fewer"])
+def test_forward_kernels_take_each_item_once(many, kind, parallel, rng):
+    """A walk of ``cpu.ITEMS`` items: the forward's kernels take its items dynamically
+    (``cpu._take``), each prange iteration the next item not yet taken: every item runs
+    once, so the output is the one-item walk's bit for bit, and the counter ends at
+    twice the items (each taken once, then one failed take by each iteration). A walk
+    of fewer items keeps the static blocks: the counter stays 0. The channels-first
+    statistics likewise: their sums against float64, their counter as the forward's."""
+    shape = (8, 16, 40) if kind == "cf" else (200, 24)
+    C = shape[1]
+    x0 = (rng.standard_normal(shape) * 2 + 1).astype(np.float32)
+    nb = cpu._blocks_cf(shape, cpu.ITEMS) if kind == "cf" else \
+        cpu._blocks_cl(shape, cpu.ITEMS, whole_rows=True)
+    if not many:
+        nb = (2, 2, 1) if kind == "cf" else (3, 1, 1)
+    items = nb[0] * nb[1] * nb[2]
+    assert (items == cpu.ITEMS) == many
+    coef = np.zeros((10, C), np.float32)
+    coef[0], coef[2], coef[3] = rng.standard_normal((3, C))
+    a, ia, lo = np.float32(0.1), np.float32(10.0), np.float32(-1.0)
+    forward = cpu._KERNELS["forward_" + kind, "leaky"][int(parallel)]
+    one = cpu._KERNELS["forward_" + kind, "leaky"][0]
+    x, want = x0.copy(), x0.copy()
+    tickets = np.zeros(1, np.int64)
+    forward(x, x, True, coef, a, ia, lo, *nb, None, tickets)
+    one(want, want, True, coef, a, ia, lo, 1, 1, 1, None, np.zeros(1, np.int64))
+    np.testing.assert_array_equal(x, want)
+    assert tickets[0] == (2 * items if many else 0)
+    if kind == "cl":
+        return
+    statistics = cpu._KERNELS["statistics_cf", "any"][int(parallel)]
+    out, tickets = np.zeros((2, C)), np.zeros(1, np.int64)
+    shift = x0[0, :, 0].astype(np.float64)
+    statistics(x0, shift, cpu._partials(shape, nb), cpu._scratch(shape, nb, np.float32),
+               *nb, None, out, np.float32(0), tickets)
+    assert tickets[0] == (2 * items if many else 0)
+    d = x0.astype(np.float64) - shift[None, :, None]
+    assert_sums_close(out[0], d.sum(axis=(0, 2)), np.abs(d).sum(axis=(0, 2)), np.float32)
+    assert_sums_close(out[1], (d * d).sum(axis=(0, 2)), (d * d).sum(axis=(0, 2)), np.float32)
