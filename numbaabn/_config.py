@@ -20,9 +20,8 @@ variable                   meaning (default)
                            ``znver3`` (an AVX2 Zen 3 EPYC, ~20% faster) and
                            ``rocketlake`` (what LLVM calls the AVX-512 Intel
                            Xeon VM of BENCHMARKS.md: 0-18% less time a call,
-                           7x7 rows too, the channels-last reductions'
-                           streams of rows up to 2 KB, and float32 passes over
-                           one array 5 KB ahead); not elsewhere (a Zen 4
+                           7x7 rows too, and the channels-last reductions'
+                           streams of rows up to 2 KB); not elsewhere (a Zen 4
                            EPYC, ``znver4``, ran 0-40% slower with it; unmeasured
                            CPUs get their hardware prefetcher alone). ``1`` /
                            ``0`` force it on / off
@@ -77,23 +76,7 @@ def _read_switch(value):
 # / 1.74x, forward-eval 1.19 / 1.14 / 1.15 / 1.25 / 1.33x; 7x7 rows prefetched, (64,
 # 2048, 7, 7) NCHW, two runs of 13: forward-train 1.90 / 2.19 -> 1.60 / 1.82x,
 # backward-train 1.66 / 1.92 -> 1.36 / 1.59x, forward-eval 1.29 / 1.43 -> 1.19 / 1.51x.
-# The fourth value: how far ahead the float32 walks over one array ask (the statistics
-# of long rows, channels first; the in-place forward, both layouts), None: as the
-# others. On the Xeon those passes compute more per element than the floor's and ran
-# faster asking further ahead, the two-array passes (backward reduce and apply) and the
-# floor's own passes did not (thirty-second session; each kernel alone after a restore, the
-# operations in shuffled order, 21-41 calls, in in-place stream passes at 1024 bytes
-# ahead, 1024 -> 5120 bytes: (32, 128, 56, 56) NCHW statistics 1.09-1.11 -> 0.97-1.04,
-# forward 1.08-1.09 -> 1.00; (8, 64, 16, 32, 32) statistics 0.98-0.99 -> 0.89, forward
-# 0.98 -> 0.93; (64, 3, 224, 224) statistics 0.99 -> 0.91, forward 1.03 -> 0.90; NHWC
-# forward 1.18-1.20 -> 1.07-1.12; 7x7 rows' forward 1.10 -> 1.01. Against: short rows'
-# statistics, (64, 2048, 7, 7) 1.08 -> 1.16 (they keep the chunk's distance); backward
-# reduce 1.68-1.72 -> 1.93-2.01, apply 1.71-1.82 -> 1.99-2.05; the floor's stream pass
-# 1.00 -> 1.08, its read pass 0.84 -> 0.92. 4096 bytes, a page, ran slower than both
-# 3072 and 5120 (statistics 1.10-1.11 against 1.03-1.06 and 0.97-1.04). float64, half
-# the work per byte, ran slower at 5120: through the layer, paired, forward-train NCHW
-# 1.057, NHWC 1.072, forward-eval 1.125.)
-PREFETCH_CPUS = {"znver3": (4096, 512, None, None), "rocketlake": (1024, 0, 1024, 5120)}
+PREFETCH_CPUS = {"znver3": (4096, 512, None), "rocketlake": (1024, 0, 1024)}
 
 
 def host_cpu():
@@ -117,8 +100,7 @@ PARALLEL_MIN = int(os.environ.get("NUMBAABN_PARALLEL_MIN", str(1 << 21)))
 _CPU = host_cpu()
 PREFETCH = _read_prefetch(os.environ.get("NUMBAABN_PREFETCH", "auto"), _CPU)
 # where it is forced on elsewhere: 1 KB ahead, rows from 512 bytes, streams not
-PREFETCH_CHUNK, PREFETCH_ROW_MIN, PREFETCH_STREAMS, PREFETCH_ONE = PREFETCH_CPUS.get(
-    _CPU, (1024, 512, None, None))
+PREFETCH_CHUNK, PREFETCH_ROW_MIN, PREFETCH_STREAMS = PREFETCH_CPUS.get(_CPU, (1024, 512, None))
 
 
 def jit_options(parallel):

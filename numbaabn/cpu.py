@@ -1499,10 +1499,6 @@ def _walk(groups, target, whole_rows=False, streams=False):
     for group in groups:
         for g, r in _widen(group, target):
             v = g[0]
-            # a float32 walk over one array (statistics, the in-place forward) asks
-            # further ahead where _config.PREFETCH_ONE is set, except the short rows'
-            # statistics
-            one = _config.PREFETCH_ONE if v.itemsize == 4 and all(a is v for a in g) else None
             if v.ndim == 2 and streams:
                 nb = _blocks_cl(v.shape, min(target, _STREAM_ITEMS))
                 row = -(-v.shape[1] // nb[1])
@@ -1521,12 +1517,12 @@ def _walk(groups, target, whole_rows=False, streams=False):
                 short = streams and v.shape[2] < _BLOCK
                 nb = _blocks_cf(v.shape, min(target, _STREAM_ITEMS) if short else target)
                 row = min(-(-v.shape[2] // nb[2]), _BLOCK)
-                distance = one if one and not short else _config.PREFETCH_CHUNK
-                yield g, "cf", nb + (_prefetch_bytes(v, row, target, distance),), r
+                yield g, "cf", nb + (_prefetch_bytes(v, row, target,
+                                                        _config.PREFETCH_CHUNK),), r
             else:
                 nb = _blocks_cl(v.shape, target, whole_rows)
                 row = -(-v.shape[1] // nb[1])
-                ahead = _rows_ahead(v, row, _prefetch_bytes(v, row, target, one or _AHEAD))
+                ahead = _rows_ahead(v, row, _prefetch_bytes(v, row, target, _AHEAD))
                 yield g, "cl", nb + (ahead,), r
 
 

@@ -17,7 +17,7 @@ ref = np.where(ref >= 0, ref, 0.01 * ref)
 assert np.allclose(x, ref, rtol=1e-12, atol=1e-12)
 print(_config.CACHE, sorted(_config.FASTMATH) if _config.FASTMATH else False, _config.PARALLEL_MIN,
       _config.PREFETCH, _config.PREFETCH_CHUNK, _config.PREFETCH_ROW_MIN,
-      _config.PREFETCH_STREAMS, _config.PREFETCH_ONE, _config.host_cpu())
+      _config.PREFETCH_STREAMS, _config.host_cpu())
 """
 
 
@@ -31,16 +31,15 @@ def run(**env):
 def test_defaults():
     p = run()
     assert p.returncode == 0, p.stderr
-    *line, chunk, row_min, streams, one, cpu = p.stdout.split("\n")[0].split(" ")
+    *line, chunk, row_min, streams, cpu = p.stdout.split("\n")[0].split(" ")
     # NUMBAABN_PREFETCH=auto: on for the CPUs measured to gain, each with its distance
-    # ahead of a channels-first chunk, its shortest prefetched row, its distance ahead
-    # of the channels-last reductions' streams and that of float32 walks over one array
-    # (1 KB, 512 bytes, none and as the others where it is forced on elsewhere)
+    # ahead of a channels-first chunk, its shortest prefetched row and its distance ahead
+    # of the channels-last reductions' streams (1 KB, 512 bytes and none where it is
+    # forced on elsewhere)
     auto = str(cpu in ("znver3", "rocketlake"))
     assert " ".join(line) == f"True ['afn', 'arcp', 'contract', 'nsz', 'reassoc'] 2097152 {auto}"
-    assert (int(chunk), int(row_min), streams, one) == {
-        "znver3": (4096, 512, "None", "None"), "rocketlake": (1024, 0, "1024", "5120")}.get(
-            cpu, (1024, 512, "None", "None"))
+    assert (int(chunk), int(row_min), streams) == {
+        "znver3": (4096, 512, "None"), "rocketlake": (1024, 0, "1024")}.get(cpu, (1024, 512, "None"))
 
 
 def test_prefetch_auto_follows_the_cpu(monkeypatch):

@@ -115,12 +115,10 @@ def test_large_tensor_walk_matches_reference(dtype, cl, rng, monkeypatch):
         assert seen and all(b is None for _, b in seen)
     else:  # every walk at the distance asked (the channels-last reductions' streams: None
         # unless _config.PREFETCH_STREAMS is set and the rows are short, see
-        # test_channels_last_statistics_read_four_streams; float32 walks over one array:
-        # _config.PREFETCH_ONE where set, see test_walks_over_one_array_ask_further_ahead)
+        # test_channels_last_statistics_read_four_streams)
         ahead = cpu._AHEAD if cl else cpu._config.PREFETCH_CHUNK
-        one = cpu._config.PREFETCH_ONE if dtype == np.float32 else None
         assert seen and all(b == d for d, b in seen) and ahead in {d for d, _ in seen}
-        assert {d for d, _ in seen} <= {ahead, None, cpu._config.PREFETCH_STREAMS, one}
+        assert {d for d, _ in seen} <= {ahead, None, cpu._config.PREFETCH_STREAMS}
 
 
 @numba.njit
@@ -308,11 +306,8 @@ def test_split_channels_last_rows_prefetch_rows_ahead(dtype, rng, monkeypatch):
     same channels whole rows ahead (``cpu._rows_ahead``), not the bytes past the block
     (the next block's channels). The element-wise passes (forward, backward apply) take
     whole rows, one contiguous piece per item, prefetched ``_AHEAD`` bytes past. Results
-    against the reference. (Prefetch switched on whatever the machine's default; the
-    distance of float32 walks over one array left at _AHEAD, see
-    test_walks_over_one_array_ask_further_ahead.)"""
+    against the reference. (Prefetch switched on whatever the machine's default.)"""
     monkeypatch.setattr(cpu._config, "PREFETCH", True)
-    monkeypatch.setattr(cpu._config, "PREFETCH_ONE", None)
     shape = (128, 4096)
     whole, streams = [], []
     seen = spy_walk(monkeypatch, whole, streams)
@@ -329,48 +324,6 @@ def test_split_channels_last_rows_prefetch_rows_ahead(dtype, rng, monkeypatch):
         assert nb[1] > 1 and piece >= 512
         rows = -(-cpu._AHEAD // piece)
         assert nb[3] == rows * v.strides[0] and nb[3] > cpu._AHEAD
-
-
-@pytest.mark.parametrize("one", [None, 5120], ids=["as-the-others", "further"])
-def test_walks_over_one_array_ask_further_ahead(one, monkeypatch):
-    """Where ``_config.PREFETCH_ONE`` is set, the float32 walks over one array (the
-    statistics of long channels-first rows, the in-place forward in both layouts) ask
-    that far ahead; short rows' statistics, walks over two or three arrays (the
-    backward, a forward into another array), float64 and the channels-last reductions'
-    streams keep their distances; None: every walk as before."""
-    monkeypatch.setattr(cpu._config, "PREFETCH", True)
-    monkeypatch.setattr(cpu._config, "PREFETCH_CHUNK", 1024)
-    monkeypatch.setattr(cpu._config, "PREFETCH_ROW_MIN", 0)
-    monkeypatch.setattr(cpu._config, "PREFETCH_STREAMS", 1024)
-    monkeypatch.setattr(cpu._config, "PREFETCH_ONE", one)
-
-    def ahead(groups, whole_rows=False, streams=False):
-        (item,) = cpu._walk(groups, cpu.ITEMS, whole_rows, streams)
-        return item[2][3]
-
-    further = one or 1024
-    long_rows = np.zeros((4, 8, 3136), np.float32)
-    short_rows = np.zeros((64, 64, 49), np.float32)
-    other = np.zeros_like(long_rows)
-    assert ahead([[long_rows]], streams=True) == further           # statistics
-    assert ahead([(long_rows, long_rows)], True) == further        # forward in place
-    assert ahead([[long_rows]], True) == further                   # one-call forward
-    assert ahead([[short_rows]], streams=True) == 1024             # short rows' statistics
-    assert ahead([(short_rows, short_rows)], True) == (one or 1024)  # their forward
-    assert ahead([(long_rows, other)], True) == 1024               # forward into another
-    assert ahead([(long_rows, other)], streams=True) == 1024       # backward reduce
-    assert ahead([(long_rows, other, other)], True) == 1024        # backward apply
-    assert ahead([[long_rows.astype(np.float64)]], streams=True) == 1024
-    rows = np.zeros((4096, 512), np.float32)  # channels last, whole rows
-    assert ahead([(rows, rows)], True) == (one or cpu._AHEAD)
-    assert ahead([(rows, np.zeros_like(rows))], True) == cpu._AHEAD
-    assert ahead([[rows]], streams=True) == 1024                   # four streams
-    # and the results, a tensor of ITEMS items walked at that distance, against the
-    # reference (training forward and backward)
-    shape = (4, 16, 56, 56)
-    assert cpu._plan(np.prod(shape))[0] == cpu.ITEMS
-    check_inplace(np.float32, "leaky_relu", False, shape, "train", "signed",
-                  np.random.default_rng(5))
 
 
 @pytest.mark.parametrize("shape", [(8, 128, 64, 32), (128, 4096), (4, 63, 97, 3)],
