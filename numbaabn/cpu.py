@@ -248,34 +248,6 @@ def _item_cf(t, N, C, S, nbn, nbc, nbs):
     return jn * nbs + js, n0, n1, c0, c1, s0, s1
 
 
-@intrinsic
-def _ticket(typingctx, tickets):
-    """``tickets[0]``, incremented atomically (an int64 array): the next item of a walk
-    whose items are taken dynamically (``_take``)."""
-    def codegen(context, builder, sig, args):
-        ary = context.make_array(sig.args[0])(context, builder, args[0])
-        return builder.atomic_rmw("add", ary.data, llir.IntType(64)(1), "monotonic")
-    if not (isinstance(tickets, types.Array) and tickets.dtype == types.int64):
-        return None
-    return types.int64(tickets), codegen
-
-
-@_inline
-def _tickets():
-    """A fresh item counter for one call of a forward kernel (``_take``)."""
-    return np.zeros(1, np.int64)
-
-
-@_inline
-def _take(i, k, T, tickets):
-    """The item that iteration i of a walk's prange over its T items runs k-th (T or more:
-    none): where the walk has ``ITEMS`` items, the next one not yet taken by any thread
-    (``_ticket``), else item i, once (see the note on ``ITEMS``)."""
-    if T >= ITEMS:
-        return _ticket(tickets)
-    return np.int64(i) if k == 0 else np.int64(T)  # (a prange index may be unsigned)
-
-
 @_inline
 def _item_cl(t, M, C, nbm, nbc):
     """Item t of a channels-last walk: rows m0:m1, channels c0:c1 (row block jm)."""
@@ -628,57 +600,50 @@ def _block_mean(blk, zero):
     return k / _as(len(blk), zero)
 
 
-def _statistics_cf(x, shift, part, scratch, nbn, nbc, nbs, ahead, out, zero, tickets):
+def _statistics_cf(x, shift, part, scratch, nbn, nbc, nbs, ahead, out, zero):
     N, C, S = x.shape
     rows = max(1, _GROUP // S)  # short rows summed in the compute dtype at a time
-    items = nbn * nbc * nbs
-    for it in prange(items):  # see _take
-        taken = 0
-        while True:
-            t = _take(it, taken, items, tickets)
-            taken += 1
-            if t >= items:
-                break
-            j, n0, n1, c0, c1, s0, s1 = _item_cf(t, N, C, S, nbn, nbc, nbs)
-            p1, p2, kc = part[j, 0], part[j, 1], scratch[j, 0]
+    for t in prange(nbn * nbc * nbs):
+        j, n0, n1, c0, c1, s0, s1 = _item_cf(t, N, C, S, nbn, nbc, nbs)
+        p1, p2, kc = part[j, 0], part[j, 1], scratch[j, 0]
+        for c in range(c0, c1):
+            p1[c] = 0.0
+            p2[c] = 0.0
+        if s1 == s0 or n1 == n0:
+            continue
+        if S <= _BLOCK:  # whole short rows, each channel's rows of the item in turn
             for c in range(c0, c1):
-                p1[c] = 0.0
-                p2[c] = 0.0
-            if s1 == s0 or n1 == n0:
-                continue
-            if S <= _BLOCK:  # whole short rows, each channel's rows of the item in turn
+                if rows > 1:  # rows over half a group are not prefetched (see above)
+                    for n in range(n0, n1):
+                        _ahead(x[n, c], ahead)
+                kc[c] = _row_mean(x, n0, c, zero)  # centred on its first row's mean
+                for g in range(n0, n1, rows):
+                    a1, a2 = _row_sums(x, g, min(g + rows, n1), c, kc[c], zero)
+                    p1[c] += a1
+                    p2[c] += a2
+        else:
+            for n in range(n0, n1):
                 for c in range(c0, c1):
-                    if rows > 1:  # rows over half a group are not prefetched (see above)
-                        for n in range(n0, n1):
-                            _ahead(x[n, c], ahead)
-                    kc[c] = _row_mean(x, n0, c, zero)  # centred on its first row's mean
-                    for g in range(n0, n1, rows):
-                        a1, a2 = _row_sums(x, g, min(g + rows, n1), c, kc[c], zero)
-                        p1[c] += a1
-                        p2[c] += a2
-            else:
-                for n in range(n0, n1):
-                    for c in range(c0, c1):
-                        xr = x[n, c, s0:s1]
-                        if n == n0:  # centre the channel on the mean of its first values
-                            kc[c] = _block_mean(xr[:min(_CENTRE, s1 - s0)], zero)
-                        k = kc[c]
-                        a1 = 0.0
-                        a2 = 0.0
-                        j0 = s0
-                        while j0 < s1:
-                            j1 = _chunk_end(x, n, c, j0, s1)
-                            blk = x[n, c, j0:j1]
-                            _ahead(blk, ahead)
-                            b1, b2 = _centred_sums(blk, k, zero)
-                            a1 += b1
-                            a2 += b2
-                            j0 = j1
-                        p1[c] += a1
-                        p2[c] += a2
-            cnt = np.float64((n1 - n0) * (s1 - s0))
-            for c in range(c0, c1):
-                p1[c], p2[c] = _recentre(p1[c], p2[c], cnt, kc[c], shift[c])
+                    xr = x[n, c, s0:s1]
+                    if n == n0:  # centre the channel on the mean of its first values
+                        kc[c] = _block_mean(xr[:min(_CENTRE, s1 - s0)], zero)
+                    k = kc[c]
+                    a1 = 0.0
+                    a2 = 0.0
+                    j0 = s0
+                    while j0 < s1:
+                        j1 = _chunk_end(x, n, c, j0, s1)
+                        blk = x[n, c, j0:j1]
+                        _ahead(blk, ahead)
+                        b1, b2 = _centred_sums(blk, k, zero)
+                        a1 += b1
+                        a2 += b2
+                        j0 = j1
+                    p1[c] += a1
+                    p2[c] += a2
+        cnt = np.float64((n1 - n0) * (s1 - s0))
+        for c in range(c0, c1):
+            p1[c], p2[c] = _recentre(p1[c], p2[c], cnt, kc[c], shift[c])
     _fold(part, out)
 
 
@@ -799,45 +764,38 @@ def _vector_rows(x, inplace, leaky):
 _LEAKY = False  # the family's activation is leaky ReLU (or identity): see _family
 
 
-def _forward_cf(x, out, inplace, coef, a, ia, lo, nbn, nbc, nbs, ahead, tickets):
+def _forward_cf(x, out, inplace, coef, a, ia, lo, nbn, nbc, nbs, ahead):
     N, C, S = x.shape
     vector = _vector_rows(x, inplace, _LEAKY)  # short rows: see the note on _vector_leaky
-    items = nbn * nbc * nbs
-    for it in prange(items):  # see _take
-        taken = 0
-        while True:
-            t = _take(it, taken, items, tickets)
-            taken += 1
-            if t >= items:
-                break
-            j, n0, n1, c0, c1, s0, s1 = _item_cf(t, N, C, S, nbn, nbc, nbs)
-            if S <= _BLOCK and vector:  # whole short rows (see the channels-first note)
-                for n in range(n0, n1):
-                    for c in range(c0, c1):
-                        xr = x[n, c]
-                        _ahead(xr, ahead)
-                        _leaky_row(xr, coef[0, c], coef[2, c], coef[3, c], a)
-                continue
-            if S <= _BLOCK:
-                for n in range(n0, n1):
-                    for c in range(c0, c1):
-                        xr = x[n, c]
-                        _ahead(xr, ahead)
-                        _forward_chunk(xr, out[n, c], inplace, coef[0, c], coef[2, c], coef[3, c],
-                                       a)
-                continue
+    for t in prange(nbn * nbc * nbs):
+        j, n0, n1, c0, c1, s0, s1 = _item_cf(t, N, C, S, nbn, nbc, nbs)
+        if S <= _BLOCK and vector:  # whole short rows (see the channels-first note)
             for n in range(n0, n1):
                 for c in range(c0, c1):
-                    h = coef[0, c]
-                    g = coef[2, c]
-                    e = coef[3, c]
-                    j0 = s0
-                    while j0 < s1:
-                        j1 = _chunk_end(x, n, c, j0, s1)
-                        xr = x[n, c, j0:j1]
-                        _ahead(xr, ahead)
-                        _forward_chunk(xr, out[n, c, j0:j1], inplace, h, g, e, a)
-                        j0 = j1
+                    xr = x[n, c]
+                    _ahead(xr, ahead)
+                    _leaky_row(xr, coef[0, c], coef[2, c], coef[3, c], a)
+            continue
+        if S <= _BLOCK:
+            for n in range(n0, n1):
+                for c in range(c0, c1):
+                    xr = x[n, c]
+                    _ahead(xr, ahead)
+                    _forward_chunk(xr, out[n, c], inplace, coef[0, c], coef[2, c], coef[3, c],
+                                   a)
+            continue
+        for n in range(n0, n1):
+            for c in range(c0, c1):
+                h = coef[0, c]
+                g = coef[2, c]
+                e = coef[3, c]
+                j0 = s0
+                while j0 < s1:
+                    j1 = _chunk_end(x, n, c, j0, s1)
+                    xr = x[n, c, j0:j1]
+                    _ahead(xr, ahead)
+                    _forward_chunk(xr, out[n, c, j0:j1], inplace, h, g, e, a)
+                    j0 = j1
 
 
 @_inline
@@ -1032,7 +990,7 @@ _STREAM_ITEMS = 8
 _STREAM_PREFETCH_MAX = 2048
 
 
-def _statistics_cl(x, shift, part, scratch, nbm, nbc, _nb, ahead, out, zero, tickets):
+def _statistics_cl(x, shift, part, scratch, nbm, nbc, _nb, ahead, out, zero):
     M, C = x.shape
     kc = scratch[0, 2]  # the channels' common centre, before the items
     if _sample_rows(M) * C <= _SAMPLE_SERIAL_MAX:
@@ -1042,7 +1000,7 @@ def _statistics_cl(x, shift, part, scratch, nbm, nbc, _nb, ahead, out, zero, tic
         for j in prange(nb):
             s0, s1 = _span(j, nb, C)
             _sample_centre(x, kc, s0, s1, zero)
-    for t in prange(nbm * nbc):  # at most _STREAM_ITEMS items: static (see _take)
+    for t in prange(nbm * nbc):
         jm, m0, m1, c0, c1 = _item_cl(t, M, C, nbm, nbc)
         w = c1 - c0
         p1, p2 = part[jm, 0, c0:c1], part[jm, 1, c0:c1]
@@ -1124,29 +1082,22 @@ def _forward_rows(xs, os, inplace, h, g, e, a, out):
 _JAM_MIN = 2048
 
 
-def _forward_cl(x, out, inplace, coef, a, ia, lo, nbm, nbc, _nb, ahead, tickets):
+def _forward_cl(x, out, inplace, coef, a, ia, lo, nbm, nbc, _nb, ahead):
     M, C = x.shape
-    items = nbm * nbc
-    for it in prange(items):  # see _take
-        taken = 0
-        while True:
-            t = _take(it, taken, items, tickets)
-            taken += 1
-            if t >= items:
-                break
-            jm, m0, m1, c0, c1 = _item_cl(t, M, C, nbm, nbc)
-            h, g, e = coef[0, c0:c1], coef[2, c0:c1], coef[3, c0:c1]
-            m = m0
-            if c1 - c0 >= _JAM_MIN:
-                while m + 4 <= m1:
-                    xs = (x[m, c0:c1], x[m + 1, c0:c1], x[m + 2, c0:c1], x[m + 3, c0:c1])
-                    _forward_rows(xs, (out[m, c0:c1], out[m + 1, c0:c1], out[m + 2, c0:c1],
-                                       out[m + 3, c0:c1]), inplace, h, g, e, a, out)
-                    m += 4
-            for m in range(m, m1):
-                xr = x[m, c0:c1]
-                _ahead(xr, ahead)
-                _forward_rows((xr,), (out[m, c0:c1],), inplace, h, g, e, a, out)
+    for t in prange(nbm * nbc):
+        jm, m0, m1, c0, c1 = _item_cl(t, M, C, nbm, nbc)
+        h, g, e = coef[0, c0:c1], coef[2, c0:c1], coef[3, c0:c1]
+        m = m0
+        if c1 - c0 >= _JAM_MIN:
+            while m + 4 <= m1:
+                xs = (x[m, c0:c1], x[m + 1, c0:c1], x[m + 2, c0:c1], x[m + 3, c0:c1])
+                _forward_rows(xs, (out[m, c0:c1], out[m + 1, c0:c1], out[m + 2, c0:c1],
+                                   out[m + 3, c0:c1]), inplace, h, g, e, a, out)
+                m += 4
+        for m in range(m, m1):
+            xr = x[m, c0:c1]
+            _ahead(xr, ahead)
+            _forward_rows((xr,), (out[m, c0:c1],), inplace, h, g, e, a, out)
 
 
 def _backward_reduce_cl(src, dz, coef, a, ia, lo, from_x, part, scratch, nbm, nbc, _nb, ahead,
@@ -1308,24 +1259,15 @@ if hasattr(os, "register_at_fork"):
 
 
 ITEMS = 64  # work items of a large tensor's walk, whatever the number of threads
-# The forward's kernels (statistics and forward, channels first; the forward, channels
-# last) take the items of such a walk dynamically (_take): each prange iteration takes
-# the next item not yet taken (an atomic counter, _ticket) until none are left, so a
-# thread that starts late takes fewer items. Numba's OpenMP layer splits a prange into
-# one static block per thread, and with OMP_WAIT_POLICY=PASSIVE the other thread wakes
-# tens of microseconds after the calling one (a region with one chunk of work took
-# 62 µs back to back here): with static blocks the call waits for the late thread's
-# whole block. Which thread runs an item does not change any result (each item's
-# partial sums have their own place and fold in a fixed order). The backward's kernels
-# and the walks of at most _STREAM_ITEMS items keep the static blocks: taken
-# dynamically they ran slower. Each kernel alone after a restore, 61-101 alternating
-# calls, the thirtieth session's package imported beside this one, paired ratios new /
-# old (95% interval of the median): (32, 128, 56, 56) statistics NCHW 0.925 [0.914,
-# 0.939], forward NCHW 0.942 [0.919, 0.954], forward NHWC 0.959 [0.947, 0.969]; taken
-# dynamically, the backward reduce NCHW 1.006, NHWC (8 items) 1.065, the apply 1.029 /
-# 1.020, the statistics NHWC (8 items) 1.151 and (64, 2048, 7, 7) NCHW (8 items)
-# 1.024. A bare stream pass over the same 51 MB: 1296-1327 µs in 64 static items,
-# 1219-1241 µs taken dynamically.
+# Each thread runs one static block of a walk's items (Numba's prange). The thirty-first
+# session had the forward's kernels take their items dynamically instead (an atomic
+# counter: a thread that wakes late takes fewer), measured 0.92-0.96 of the time with
+# each operation repeated over the same array after a restore; the thirty-second session
+# withdrew it: in a chain of layers (each layer's input freshly written by the layer
+# before it, as in a network), forward-train ran 1.03-1.09x slower with it on every
+# large shape ((32, 128, 56, 56) NCHW 1.062-1.083, four runs; NHWC 1.027-1.029; (8, 64,
+# 16, 32, 32) 1.086; (64, 3, 224, 224) 1.069; (64, 2048, 7, 7) 1.025), the fused eval
+# 0.92-1.08 by shape (see BENCHMARKS.md, thirty-second session).
 
 
 # ELU's kernels compute an exponential or a logarithm per element (scalar calls: no
@@ -1762,7 +1704,7 @@ def _forward_train_one(x, first, w, b, eps, abs_mode, coef, update, momentum, rm
     _init_shift(first, shift)
     wide = np.zeros((2, W))
     _one_statistics(x, _tiled_in(shift.reshape((1, C)), r)[0], np.empty((s0 * s2, 2, W)),
-                    np.empty((s0 * s2, 3, W), coef.dtype), s0, s1, s2, sa, wide, zero, _tickets())
+                    np.empty((s0 * s2, 3, W), coef.dtype), s0, s1, s2, sa, wide, zero)
     sums = _folded(wide, C)
     count = x.size // C
     _finalize(shift, np.float64(count), sums)
@@ -1771,7 +1713,7 @@ def _forward_train_one(x, first, w, b, eps, abs_mode, coef, update, momentum, rm
     if not fill_coefficients(sums[0], sums[1], w, b, eps, abs_mode, yes, yes, coef, update,
                              momentum, rm, rv):
         return False, sums
-    _one_forward(x, x, yes, _tiled_in(coef, r), a, ia, lo, f0, f1, f2, fa, _tickets())
+    _one_forward(x, x, yes, _tiled_in(coef, r), a, ia, lo, f0, f1, f2, fa)
     return True, sums
 
 
@@ -1810,9 +1752,9 @@ def _forward_eval_one(x, mean, var, w, b, eps, abs_mode, coef, rm, rv, a, ia, lo
     ct = _tiled_in(coef, r)
     for c in range(coef.shape[1]):
         if coef[0, c] != 0:
-            _one_forward(x, x, yes, ct, a, ia, lo, f0, f1, f2, fa, _tickets())
+            _one_forward(x, x, yes, ct, a, ia, lo, f0, f1, f2, fa)
             return
-    _one_forward_plain(x, x, yes, ct, a, ia, lo, f0, f1, f2, fa, _tickets())
+    _one_forward_plain(x, x, yes, ct, a, ia, lo, f0, f1, f2, fa)
 
 
 # (serial, parallel) one-call functions by (layout, family): the training forward, by
@@ -1899,8 +1841,7 @@ def statistics(views, C, stream=None):
     for (v,), kind, nb, r in _walk([(v,) for v in views], target, streams=True):
         out = sums if r == 1 else np.zeros((2, r * C))
         _run(_KERNELS["statistics_" + kind, "any"], par, v, _tiled(shift, r, tiles),
-             _partials(v.shape, nb), _scratch(v.shape, nb, cdt), *nb, out, cdt(0),
-             _tickets.py_func())  # (from Python: no dispatch)
+             _partials(v.shape, nb), _scratch(v.shape, nb, cdt), *nb, out, cdt(0))
         _fold_tiles(out, r, sums)
     _finalize(shift, float(count), sums)
     return count, sums[0], sums[1]
@@ -1968,7 +1909,7 @@ def forward(views, outs, coef, act, a, ia, lo, stream=None):
     tiles = {}
     for (v, o), kind, nb, r in _walk(zip(views, outs), target, True):
         _run(_KERNELS[name + kind, fam], par, v, o, o is v, _tiled(coef, r, tiles), a, ia,
-             lo, *nb, _tickets.py_func())
+             lo, *nb)
 
 
 def backward_reduce(srcs, dzs, coef, act, a, ia, lo, from_x, stream=None):

@@ -259,8 +259,7 @@ def test_forward_two_constants_per_channel(fmt, training, large, rng):
         v = y.reshape(16, C, 256) if fmt == "NCHW" else y.reshape(-1, C)
         kind = "cf" if fmt == "NCHW" else "cl"
         cpu._run(cpu._KERNELS["forward_" + kind, cpu._scalar.FAMILY[saved.act]], False, v, v,
-                 True, saved.coef, saved.alpha, saved.ialpha, saved.lo, 1, 1, 1, None,
-                 cpu._tickets())
+                 True, saved.coef, saved.alpha, saved.ialpha, saved.lo, 1, 1, 1, None)
         np.testing.assert_array_equal(y, x)
 
 
