@@ -4,7 +4,9 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
+import numbaabn
 from numbaabn import bench
 
 
@@ -176,3 +178,31 @@ def test_report_across_runs_judges_the_median():
     by_row = next(line for line in report.across(high).splitlines()
                   if line.startswith("Other shapes row by row"))
     assert "(256, 4096) NCHW backward-train 2.20x above 2x" in by_row
+
+
+def test_chain_bench_times_each_operation(tmp_path):
+    """benchmarks/bench_chain.py: numbaabn's calls in a chain of layers (each layer's
+    input written by the one before), each operation's time per layer and its ratio to
+    the stream pass run in the same places; the calls really ran (the running
+    statistics moved, the gradients were written); ``--against`` exports a revision's
+    package beside this one."""
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[1] / "benchmarks"))
+    import bench_chain
+    rows = bench_chain.run((4, 8, 6, 6), "NCHW", 2, 1)
+    assert [r["op"] for r in rows] == list(bench_chain.OPS)
+    assert all(0 < r["seconds"] < 1 and 0 < r["ratio_to_floor"] < np.inf for r in rows)
+    chain = bench_chain.Chain((4, 6, 6, 8), "NHWC", 2, {"this": numbaabn})
+    chain.step("this", numbaabn)
+    assert all(np.abs(m).max() > 0 and np.abs(v - 1).max() > 0 for m, v in chain.running)
+    assert not np.all(chain.g[0] == 1.0)
+    if subprocess.run(["git", "-C", str(__import__("pathlib").Path(__file__).parents[1]),
+                       "rev-parse", "HEAD"], capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout: --against has no revision to export")
+    try:
+        other = bench_chain._export("HEAD", str(tmp_path))
+        assert other.__name__ == "numbaabn_against" and other is not numbaabn
+        assert callable(other.inplace_abn_forward)
+    finally:
+        sys.path.remove(str(tmp_path))
+        for name in [m for m in sys.modules if m.startswith("numbaabn_against")]:
+            del sys.modules[name]
