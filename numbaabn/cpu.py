@@ -1264,7 +1264,7 @@ ITEMS = 64  # work items of a large tensor's walk, whatever the number of thread
 # counter: a thread that wakes late takes fewer), measured 0.92-0.96 of the time with
 # each operation repeated over the same array after a restore; the thirty-second session
 # withdrew it: in a chain of layers (each layer's input freshly written by the layer
-# before it, as in a network), forward-train ran 1.03-1.09x slower with it on every
+# before it, as in a network), forward-train ran 1.02-1.09x slower with it on every
 # large shape ((32, 128, 56, 56) NCHW 1.062-1.083, five runs; NHWC 1.027-1.029; (8, 64,
 # 16, 32, 32) 1.086; (64, 3, 224, 224) 1.069; (64, 2048, 7, 7) 1.025), the fused eval
 # 0.92-1.08 by shape (see BENCHMARKS.md, thirty-second session).
