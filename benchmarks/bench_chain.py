@@ -44,7 +44,6 @@ import numbaabn
 from numbaabn import bench
 
 OPS = ("forward-train", "backward-train", "fused-eval")
-PASSES = {"forward-train": 3, "backward-train": 5, "fused-eval": 2}
 
 
 @njit(parallel=True, nogil=True, cache=True)
@@ -143,10 +142,12 @@ def run(shape, layout, layers, steps, against=None):
         # the floor's steps apart: between the timed ones, their passes over every
         # buffer on both threads would change what each step starts from
         floors = [chain.floor_step() for _ in range(steps)]
+    # an in-place stream pass moves an array's bytes twice: the floor of an operation
+    # of bench.PASSES passes is that many halves of a pass over one of its arrays
     stream_x = np.median([f[0] for f in floors])
     stream_zdz = np.median([f[1] for f in floors]) / 2  # per array
-    floor = {"forward-train": 1.5 * stream_x, "fused-eval": stream_x,
-             "backward-train": 2.5 * stream_zdz}
+    floor = {op: bench.PASSES[op] / 2 * (stream_zdz if op == "backward-train" else stream_x)
+             for op in OPS}
     rows = []
     rng = np.random.default_rng(1)
     for op in OPS:
